@@ -1,0 +1,67 @@
+"""ASGI middleware that authenticates a WebSocket inside its tenant's schema.
+
+Browsers send their session cookie; API clients send ``Authorization:
+Bearer <access token>``. Both are checked against the users of the tenant
+that TenantWebSocketMiddleware resolved, never of another schema. A cookie
+counts only when the Origin header names the same host, because a browser
+sends cookies along with a WebSocket that another site opens.
+"""
+
+import logging
+from importlib import import_module
+from types import SimpleNamespace
+
+from channels.db import database_sync_to_async
+from django.conf import settings
+from django.contrib.auth import get_user
+from django.contrib.auth.models import AnonymousUser
+from django.http.cookie import parse_cookie
+from django.utils.http import url_has_allowed_host_and_scheme
+from django_tenants.utils import schema_context
+from rest_framework.exceptions import AuthenticationFailed
+from rest_framework_simplejwt.exceptions import InvalidToken, TokenError
+
+from .authentication import TenantJWTAuthentication
+
+logger = logging.getLogger(__name__)
+
+
+def _header(scope, wanted):
+    for name, value in scope.get("headers", []):
+        if name == wanted:
+            return value.decode("latin-1")
+    return ""
+
+
+@database_sync_to_async
+def authenticate_scope(scope):
+    schema = scope["tenant"].schema_name
+    authorization = _header(scope, b"authorization")
+    with schema_context(schema):
+        if authorization.lower().startswith("bearer "):
+            authenticator = TenantJWTAuthentication()
+            try:
+                token = authenticator.get_validated_token(authorization.split(" ", 1)[1].strip().encode())
+                return authenticator.get_user(token)
+            except (InvalidToken, TokenError, AuthenticationFailed) as exc:
+                logger.info("WebSocket bearer token rejected on schema %s: %s", schema, exc)
+                return AnonymousUser()
+        session_key = parse_cookie(_header(scope, b"cookie")).get(settings.SESSION_COOKIE_NAME)
+        if not session_key:
+            return AnonymousUser()
+        origin = _header(scope, b"origin")
+        host = _header(scope, b"host")
+        if not url_has_allowed_host_and_scheme(origin, allowed_hosts={host}):
+            logger.warning("WebSocket session on schema %s refused: origin %r does not match host %r", schema, origin, host)
+            return AnonymousUser()
+        session = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
+        return get_user(SimpleNamespace(session=session))
+
+
+class TenantAuthMiddleware:
+    def __init__(self, inner):
+        self.inner = inner
+
+    async def __call__(self, scope, receive, send):
+        user = await authenticate_scope(scope)
+        return await self.inner(dict(scope, user=user), receive, send)

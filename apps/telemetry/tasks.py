@@ -1,0 +1,15 @@
+import logging
+
+from celery import shared_task
+from django.db import connection
+
+from .partitions import ensure_partitions_ahead
+
+logger = logging.getLogger(__name__)
+
+
+@shared_task(name="telemetry.ensure_partitions", soft_time_limit=120, time_limit=180)
+def ensure_partitions_task():
+    """Create the coming days' reading partitions in the schema the task runs in."""
+    ensure_partitions_ahead()
+    logger.info("Reading partitions ensured for schema %s", connection.schema_name)

@@ -1,0 +1,29 @@
+"""Platform admin on the public domain: tenants and their domains."""
+
+from django.contrib import admin
+from django.contrib.admin import AdminSite
+from django_tenants.admin import TenantAdminMixin
+
+from .models import Domain, Tenant
+
+
+class PlatformAdminSite(AdminSite):
+    site_header = "ThermaCore platform"
+    site_title = "ThermaCore platform"
+
+
+platform_admin_site = PlatformAdminSite(name="platform_admin")
+
+
+class DomainInline(admin.TabularInline):
+    model = Domain
+    extra = 0
+
+
+@admin.register(Tenant, site=platform_admin_site)
+class TenantAdmin(TenantAdminMixin, admin.ModelAdmin):
+    list_display = ("name", "schema_name", "created_at")
+    search_fields = ("name", "schema_name")
+    inlines = [DomainInline]
+    # A bulk delete from the list would skip each tenant's schema drop.
+    actions = None

@@ -1,0 +1,42 @@
+"""Tenant provisioning, run from the public schema."""
+
+import logging
+
+from django.contrib.auth import get_user_model
+from django.db import transaction
+from django_tenants.utils import schema_context
+
+from .models import Domain, Tenant, schema_name_validator
+
+logger = logging.getLogger(__name__)
+
+
+def provision_tenant(*, schema_name, name, domain, admin_username, admin_password, admin_email=""):
+    """Create a tenant with its schema, its primary domain and a first admin user.
+
+    The schema is created and migrated by django-tenants when the tenant is
+    saved. When any later step fails, the tenant row and its schema are
+    removed again so that no half-provisioned tenant stays behind.
+    """
+    schema_name_validator(schema_name)
+    if Tenant.objects.filter(schema_name=schema_name).exists():
+        raise ValueError(f"Tenant schema {schema_name!r} already exists; choose another schema name.")
+    if Domain.objects.filter(domain=domain).exists():
+        raise ValueError(f"Domain {domain!r} is already used by another tenant; choose another domain.")
+
+    logger.info("Provisioning tenant schema=%s domain=%s", schema_name, domain)
+    tenant = Tenant(schema_name=schema_name, name=name)
+    tenant.save()
+    try:
+        with transaction.atomic():
+            Domain.objects.create(domain=domain, tenant=tenant, is_primary=True)
+        with schema_context(schema_name), transaction.atomic():
+            get_user_model().objects.create_superuser(
+                username=admin_username, email=admin_email, password=admin_password
+            )
+    except Exception:
+        logger.exception("Provisioning tenant schema=%s failed; dropping its schema", schema_name)
+        tenant.delete(force_drop=True)
+        raise
+    logger.info("Provisioned tenant schema=%s domain=%s admin=%s", schema_name, domain, admin_username)
+    return tenant

@@ -1,0 +1,151 @@
+"""Fixtures shared by the whole suite.
+
+Two tenants, alpha and beta, are provisioned once per session in the test
+database, each with its own schema and admin. Most tests run inside a
+transaction that is rolled back; tests that need data visible to other
+threads (WebSocket consumers, Celery tasks) use the committed fixtures.
+"""
+
+import asyncio
+import socket
+import threading
+
+import pytest
+from django.db import connection
+from django.test import Client
+from django_tenants.utils import schema_context
+from rest_framework.test import APIClient
+
+from apps.accounts.tokens import TenantTokenObtainPairSerializer
+from apps.tenants.models import Tenant
+from apps.tenants.services import provision_tenant
+from apps.telemetry import latest
+
+TENANT_DOMAINS = {"alpha": "alpha.localhost", "beta": "beta.localhost"}
+ADMIN_PASSWORD = "Correct-horse-battery-4711"
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):
+    with django_db_blocker.unblock():
+        for schema, domain in TENANT_DOMAINS.items():
+            provision_tenant(
+                schema_name=schema, name=schema.title(), domain=domain,
+                admin_username="admin", admin_password=ADMIN_PASSWORD,
+            )
+    latest.get_client().flushdb()
+    yield
+    # Consumers and sync_to_async threads keep connections of their own,
+    # which would keep pytest-django from dropping the test database.
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+
+
+def _use_tenant(schema):
+    tenant = Tenant.objects.get(schema_name=schema)
+    connection.set_tenant(tenant)
+    return tenant
+
+
+@pytest.fixture
+def alpha(db):
+    """Tenant alpha, with the connection switched to its schema for the test."""
+    tenant = _use_tenant("alpha")
+    yield tenant
+    connection.set_schema_to_public()
+
+
+@pytest.fixture
+def beta(db):
+    tenant = Tenant.objects.get(schema_name="beta")
+    yield tenant
+    connection.set_schema_to_public()
+
+
+@pytest.fixture(autouse=True)
+def _clean_redis():
+    yield
+    latest.get_client().flushdb()
+
+
+def admin_of(schema):
+    from django.contrib.auth import get_user_model
+
+    with schema_context(schema):
+        return get_user_model().objects.get(username="admin")
+
+
+def access_token_for(schema, user):
+    with schema_context(schema):
+        return str(TenantTokenObtainPairSerializer.get_token(user).access_token)
+
+
+@pytest.fixture
+def alpha_client(alpha):
+    """Browser client on alpha's domain, logged in as alpha's admin."""
+    client = Client(HTTP_HOST=TENANT_DOMAINS["alpha"])
+    client.force_login(admin_of("alpha"))
+    connection.set_tenant(alpha)
+    return client
+
+
+@pytest.fixture
+def alpha_api(alpha):
+    """API client on alpha's domain with a bearer token of alpha's admin."""
+    client = APIClient(HTTP_HOST=TENANT_DOMAINS["alpha"])
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {access_token_for('alpha', admin_of('alpha'))}")
+    connection.set_tenant(alpha)
+    return client
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class ServerThread:
+    """Runs an asyncio server coroutine in a thread of its own until stopped."""
+
+    def __init__(self, coroutine_factory):
+        self.coroutine_factory = coroutine_factory
+        self.loop = asyncio.new_event_loop()
+        self.ready = asyncio.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        asyncio.set_event_loop(self.loop)
+        self.task = self.loop.create_task(self.coroutine_factory(self.ready))
+        try:
+            self.loop.run_until_complete(self.task)
+        except asyncio.CancelledError:
+            pass
+
+    def start(self, timeout=10):
+        self.thread.start()
+        deadline = threading.Event()
+        for _ in range(int(timeout * 20)):
+            if self.loop.is_running() and self.ready.is_set():
+                return self
+            deadline.wait(0.05)
+        raise RuntimeError("Server thread did not become ready in time")
+
+    def stop(self):
+        self.loop.call_soon_threadsafe(self.task.cancel)
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def plant_simulator():
+    """The plant simulator serving Modbus TCP on a free loopback port; yields the port."""
+    from apps.protocols.simulator.server import serve_plant
+
+    port = free_port()
+    server = ServerThread(
+        lambda ready: serve_plant(host="127.0.0.1", port=port, update_interval=0.2, seed=7, ready=ready)
+    ).start()
+    yield port
+    server.stop()

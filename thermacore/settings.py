@@ -1,0 +1,293 @@
+"""Django settings for ThermaCore.
+
+Every value comes from the environment (or a `.env` file beside manage.py)
+through django-environ. The defaults suit a developer machine; production
+sets THERMACORE_ENV=production, which turns DEBUG off and makes the secret
+key mandatory.
+"""
+
+from datetime import timedelta
+from pathlib import Path
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+THERMACORE_ENV = env.str("THERMACORE_ENV", default="development")
+IS_PRODUCTION = THERMACORE_ENV == "production"
+
+DEBUG = env.bool("THERMACORE_DEBUG", default=not IS_PRODUCTION)
+
+if IS_PRODUCTION and "THERMACORE_SECRET_KEY" not in env.ENVIRON:
+    raise ImproperlyConfigured(
+        "THERMACORE_SECRET_KEY is missing: production needs a long random secret, "
+        "for example from `python -c 'import secrets; print(secrets.token_urlsafe(50))'`."
+    )
+# The development key is public on purpose, so it must never sign production data.
+SECRET_KEY = env.str("THERMACORE_SECRET_KEY", default="dev-only-insecure-key-change-me-0123456789abcdef")
+
+# Tenant domains are subdomains; a leading dot matches all of them.
+ALLOWED_HOSTS = env.list("THERMACORE_ALLOWED_HOSTS", default=[".localhost", "127.0.0.1", "testserver"])
+CSRF_TRUSTED_ORIGINS = env.list("THERMACORE_CSRF_TRUSTED_ORIGINS", default=["http://*.localhost:8000"])
+
+# Applications ---------------------------------------------------------------
+
+# Apps whose tables live once, in the public schema.
+SHARED_APPS = [
+    "django_tenants",
+    "daphne",
+    "apps.tenants",
+    "django.contrib.contenttypes",
+    "django.contrib.auth",
+    "apps.accounts",
+    "django.contrib.admin",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "django_htmx",
+    "channels",
+]
+
+# Apps whose tables every tenant schema gets its own copy of. Users live here
+# too, so each tenant has its own accounts.
+TENANT_APPS = [
+    "django.contrib.contenttypes",
+    "django.contrib.auth",
+    "apps.accounts",
+    "django.contrib.admin",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "apps.units",
+    "apps.sensors",
+    "apps.protocols",
+    "apps.telemetry",
+    "apps.dashboards",
+    "apps.api",
+]
+
+INSTALLED_APPS = SHARED_APPS + [app for app in TENANT_APPS if app not in SHARED_APPS]
+
+TENANT_MODEL = "tenants.Tenant"
+TENANT_DOMAIN_MODEL = "tenants.Domain"
+PUBLIC_SCHEMA_URLCONF = "thermacore.urls_public"
+ROOT_URLCONF = "thermacore.urls"
+SHOW_PUBLIC_IF_NO_TENANT_FOUND = False
+
+AUTH_USER_MODEL = "accounts.User"
+
+MIDDLEWARE = [
+    # Static files are served before the tenant lookup, which would cost a query each.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django_tenants.middleware.main.TenantMainMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+WSGI_APPLICATION = "thermacore.wsgi.application"
+ASGI_APPLICATION = "thermacore.asgi.application"
+
+# Storage ----------------------------------------------------------------------
+
+DATABASES = {
+    "default": env.db_url(
+        "THERMACORE_DATABASE_URL",
+        default="postgres://postgres@127.0.0.1:5432/thermacore",
+        engine="django_tenants.postgresql_backend",
+    ),
+}
+DATABASES["default"]["CONN_MAX_AGE"] = env.int("THERMACORE_DB_CONN_MAX_AGE", default=60)
+DATABASES["default"]["TEST"] = {"NAME": env.str("THERMACORE_TEST_DATABASE", default="test_thermacore")}
+DATABASE_ROUTERS = ("django_tenants.routers.TenantSyncRouter",)
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+REDIS_URL = env.str("THERMACORE_REDIS_URL", default="redis://127.0.0.1:6379/0")
+
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        # Cache keys carry the tenant schema so tenants never read each other's entries.
+        "KEY_FUNCTION": "django_tenants.cache.make_key",
+        "REVERSE_KEY_FUNCTION": "django_tenants.cache.reverse_key",
+    },
+}
+
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {
+            "hosts": [REDIS_URL],
+            # A stalled browser may hold at most this many messages before
+            # further sends to it are dropped instead of blocking the sender.
+            "capacity": 200,
+            "expiry": 30,
+        },
+    },
+}
+
+# Telemetry ------------------------------------------------------------------
+
+# Readings further ahead of the server clock than this are rejected: they come
+# from a device with a wrong clock and would otherwise hide later live values.
+TELEMETRY_MAX_FUTURE_SECONDS = env.int("THERMACORE_MAX_FUTURE_SECONDS", default=300)
+# How many days of reading partitions exist ahead of today (native partitioning).
+TELEMETRY_PARTITIONS_AHEAD_DAYS = env.int("THERMACORE_PARTITIONS_AHEAD_DAYS", default=7)
+# Upper bound of the back-off between polls of an unreachable device.
+PROTOCOLS_MAX_BACKOFF_SECONDS = env.int("THERMACORE_MAX_BACKOFF_SECONDS", default=300)
+
+# Celery ---------------------------------------------------------------------
+
+CELERY_BROKER_URL = env.str("THERMACORE_BROKER_URL", default=REDIS_URL)
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TIMEZONE = "UTC"
+CELERY_BEAT_SCHEDULER = "tenant_schemas_celery.scheduler.TenantAwarePersistentScheduler"
+CELERY_BEAT_SCHEDULE_FILENAME = env.str(
+    "THERMACORE_BEAT_SCHEDULE_FILE", default=str(BASE_DIR / "var" / "celerybeat-schedule")
+)
+CELERY_TASK_ROUTES = {
+    "protocols.*": {"queue": "polling"},
+}
+CELERY_TASK_DEFAULT_QUEUE = "default"
+# A poll that is already late is useless; drop it instead of piling up.
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_TENANT_CACHE_SECONDS = 30
+CELERY_BEAT_SCHEDULE = {
+    # Without a "tenant_schemas" key the tenant-aware scheduler sends each
+    # entry once per tenant schema.
+    "poll-due-devices": {
+        "task": "protocols.poll_due_devices",
+        "schedule": 1.0,
+        "options": {"expires": 5},
+    },
+    "ensure-reading-partitions": {
+        "task": "telemetry.ensure_partitions",
+        "schedule": 3600.0,
+    },
+}
+
+# Authentication and API -----------------------------------------------------
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "dashboards:live"
+LOGOUT_REDIRECT_URL = "login"
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": (
+        "apps.accounts.authentication.TenantJWTAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ),
+    "DEFAULT_PERMISSION_CLASSES": (
+        "rest_framework.permissions.IsAuthenticated",
+        "apps.accounts.permissions.ModelPermissions",
+    ),
+    "DEFAULT_PAGINATION_CLASS": "apps.api.pagination.PageNumberPagination",
+    "PAGE_SIZE": 50,
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_FILTER_BACKENDS": (),
+}
+
+SIMPLE_JWT = {
+    "ACCESS_TOKEN_LIFETIME": timedelta(minutes=env.int("THERMACORE_JWT_ACCESS_MINUTES", default=5)),
+    "REFRESH_TOKEN_LIFETIME": timedelta(days=env.int("THERMACORE_JWT_REFRESH_DAYS", default=1)),
+    "ALGORITHM": "HS256",
+    "SIGNING_KEY": SECRET_KEY,
+    "TOKEN_OBTAIN_SERIALIZER": "apps.accounts.tokens.TenantTokenObtainPairSerializer",
+    "TOKEN_REFRESH_SERIALIZER": "apps.accounts.tokens.TenantTokenRefreshSerializer",
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "ThermaCore API",
+    "DESCRIPTION": "Sites, units, sensors, devices and readings of one tenant.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    # The interactive docs come from drf-spectacular-sidecar, not from a CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+}
+
+# Internationalisation and static files --------------------------------------
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = BASE_DIR / "var" / "static"
+# Without collectstatic, development serves files straight from the app folders.
+WHITENOISE_USE_FINDERS = DEBUG
+WHITENOISE_AUTOREFRESH = DEBUG
+
+# Security -------------------------------------------------------------------
+
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SECURE = IS_PRODUCTION
+CSRF_COOKIE_SECURE = IS_PRODUCTION
+SECURE_HSTS_SECONDS = 31536000 if IS_PRODUCTION else 0
+X_FRAME_OPTIONS = "DENY"
+
+# Logging --------------------------------------------------------------------
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {
+        # Stamps every record with the tenant schema of the current connection.
+        "tenant_context": {"()": "django_tenants.log.TenantContextFilter"},
+    },
+    "formatters": {
+        "tenant": {
+            "format": "%(asctime)s %(levelname)s [%(schema_name)s] %(name)s: %(message)s",
+        },
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "filters": ["tenant_context"],
+            "formatter": "tenant",
+        },
+    },
+    "root": {"handlers": ["console"], "level": env.str("THERMACORE_LOG_LEVEL", default="INFO")},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+    },
+}
