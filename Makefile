@@ -20,6 +20,7 @@ services:
 database: install services
 	$(BIN)/python manage.py ensure_database
 	$(BIN)/python manage.py migrate_schemas
+	$(BIN)/python manage.py setup_platform --domain localhost
 
 demo: database
 	@mkdir -p var

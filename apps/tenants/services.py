@@ -4,7 +4,7 @@ import logging
 
 from django.contrib.auth import get_user_model
 from django.db import transaction
-from django_tenants.utils import schema_context
+from django_tenants.utils import get_public_schema_name, schema_context
 
 from .models import Domain, Tenant, schema_name_validator
 
@@ -39,4 +39,22 @@ def provision_tenant(*, schema_name, name, domain, admin_username, admin_passwor
         tenant.delete(force_drop=True)
         raise
     logger.info("Provisioned tenant schema=%s domain=%s admin=%s", schema_name, domain, admin_username)
+    return tenant
+
+
+def ensure_public_tenant(domain):
+    """Map ``domain`` to the public schema, where the platform admin is served; idempotent."""
+    public_schema = get_public_schema_name()
+    tenant, created = Tenant.objects.get_or_create(schema_name=public_schema, defaults={"name": "Platform"})
+    if created:
+        logger.info("Created the platform tenant for schema %s", public_schema)
+    existing = Domain.objects.filter(domain=domain).select_related("tenant").first()
+    if existing and existing.tenant_id != tenant.id:
+        raise ValueError(
+            f"Domain {domain!r} already belongs to tenant {existing.tenant.schema_name!r}; "
+            "choose another domain for the platform."
+        )
+    if existing is None:
+        Domain.objects.create(domain=domain, tenant=tenant, is_primary=not tenant.domains.exists())
+        logger.info("Platform admin is served on %s", domain)
     return tenant
