@@ -8,10 +8,11 @@ and hands the stored samples to the registered subscribers.
 
 import logging
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 from django.conf import settings
+from psycopg import errors as pg_errors
 from django.db import IntegrityError, connection, transaction
 from django_tenants.utils import schema_context
 
@@ -124,26 +125,27 @@ def _validate(samples, result):
                 )
             )
             continue
-        valid.append(replace(sample, time=when, **_checked_value(sample, ranges[sample.sensor_id])))
+        value, quality = _checked_value(sample.value, int(sample.quality), ranges[sample.sensor_id])
+        valid.append(Sample(sample.sensor_id, when, value, quality))
     return valid
 
 
-def _checked_value(sample, sensor_range):
-    value, quality = sample.value, int(sample.quality)
+def _checked_value(value, quality, sensor_range):
+    """Return the (value, quality) to store: no number for bad, non-finite or out-of-range values."""
     if value is None:
-        return {"value": None, "quality": quality if is_bad(quality) else int(Quality.BAD)}
+        return None, quality if is_bad(quality) else int(Quality.BAD)
     try:
         value = float(value)
     except (TypeError, ValueError):
-        return {"value": None, "quality": int(Quality.BAD_NOT_A_NUMBER)}
+        return None, int(Quality.BAD_NOT_A_NUMBER)
     if not math.isfinite(value):
-        return {"value": None, "quality": int(Quality.BAD_NOT_A_NUMBER)}
+        return None, int(Quality.BAD_NOT_A_NUMBER)
     if is_bad(quality):
-        return {"value": None, "quality": quality}
+        return None, quality
     minimum, maximum = sensor_range
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-        return {"value": None, "quality": int(Quality.BAD_OUT_OF_RANGE)}
-    return {"value": value, "quality": quality}
+        return None, int(Quality.BAD_OUT_OF_RANGE)
+    return value, quality
 
 
 def _drop_repeats(samples, result):
@@ -165,8 +167,8 @@ def _write(samples):
     ensure_partitions(days)
     try:
         with transaction.atomic():
-            return _copy_and_insert(samples)
-    except IntegrityError as exc:
+            return _store(samples)
+    except (IntegrityError, pg_errors.CheckViolation) as exc:
         # A partition this process believed in can vanish: dropped by
         # retention, or created in a transaction that rolled back.
         if "no partition of relation" not in str(exc):
@@ -174,22 +176,38 @@ def _write(samples):
         logger.warning("Schema %s: a reading partition was missing; creating it and retrying", connection.schema_name)
         forget_known_partitions(connection.schema_name)
         ensure_partitions(days)
-        return _copy_and_insert(samples)
+        return _store(samples)
 
 
-def _copy_and_insert(samples):
+def _store(samples):
+    """Insert the samples that are new to history and return them.
+
+    Most batches hold no stored duplicate, so a direct COPY is tried first;
+    when it hits the primary key, the batch goes through a staging table
+    and INSERT ... ON CONFLICT DO NOTHING instead.
+    """
+    try:
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                _copy_rows(cursor, "telemetry_reading", samples)
+            return samples
+    except pg_errors.UniqueViolation:
+        # COPY reports through psycopg directly, not through Django's error wrapper.
+        pass
     with connection.cursor() as cursor:
         cursor.execute(_CREATE_STAGING)
         cursor.execute("TRUNCATE telemetry_ingest_staging")
-        with cursor.copy(
-            "COPY telemetry_ingest_staging (sensor_id, time, value, quality) FROM STDIN (FORMAT BINARY)"
-        ) as copy:
-            copy.set_types(["int8", "timestamptz", "float8", "int2"])
-            for sample in samples:
-                copy.write_row((sample.sensor_id, sample.time, sample.value, int(sample.quality)))
+        _copy_rows(cursor, "telemetry_ingest_staging", samples)
         cursor.execute(_INSERT_FROM_STAGING)
         inserted = set(cursor.fetchall())
     return [sample for sample in samples if (sample.sensor_id, sample.time) in inserted]
+
+
+def _copy_rows(cursor, table, samples):
+    with cursor.copy(f"COPY {table} (sensor_id, time, value, quality) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types(["int8", "timestamptz", "float8", "int2"])
+        for sample in samples:
+            copy.write_row((sample.sensor_id, sample.time, sample.value, sample.quality))
 
 
 def _after_commit(schema, stored):
