@@ -146,3 +146,17 @@ def test_subscriber_failure_does_not_stop_others(sensor, received, django_captur
         subscribers.unsubscribe(broken)
 
     assert len(received) == 1
+
+
+def test_partition_task_creates_days_ahead(alpha, settings):
+    from apps.telemetry.partitions import forget_known_partitions, partition_name
+    from apps.telemetry.tasks import ensure_partitions_task
+
+    settings.TELEMETRY_PARTITIONS_AHEAD_DAYS = 30
+    forget_known_partitions("alpha")
+    ensure_partitions_task.apply()
+
+    far_day = datetime.now(timezone.utc).date() + timedelta(days=30)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT to_regclass(%s) IS NOT NULL", [partition_name(far_day)])
+        assert cursor.fetchone()[0]
