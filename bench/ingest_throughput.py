@@ -1,7 +1,7 @@
 """Measure sustained ingest through the pipeline against raw COPY of the same rows.
 
 Both runs write the same number of rows, in the same batch sizes, into the
-same partitioned readings table of a scratch tenant; the baseline is a bare
+same partitioned readings table of a scratch tenant. The baseline is a bare
 binary COPY with no validation, deduplication, cache or subscribers. The
 ratio pipeline/COPY is what docs/benchmarks.md records.
 

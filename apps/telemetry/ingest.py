@@ -48,7 +48,7 @@ class Rejection:
 
 @dataclass
 class IngestResult:
-    """Counts of one ingest call; ``stored`` holds the samples that were new to history."""
+    """Counts of one ingest call, and in ``stored`` the samples that were new to history."""
 
     accepted: int = 0
     duplicates: int = 0
@@ -182,9 +182,9 @@ def _write(samples):
 def _store(samples):
     """Insert the samples that are new to history and return them.
 
-    Most batches hold no stored duplicate, so a direct COPY is tried first;
-    when it hits the primary key, the batch goes through a staging table
-    and INSERT ... ON CONFLICT DO NOTHING instead.
+    Most batches contain no stored duplicate, so a direct COPY is tried
+    first. When it hits the primary key, the batch goes through a staging
+    table and INSERT ... ON CONFLICT DO NOTHING instead.
     """
     try:
         with transaction.atomic():
