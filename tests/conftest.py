@@ -13,6 +13,7 @@ import threading
 import pytest
 from django.db import connection
 from django.test import Client
+from django.test.utils import setup_databases, teardown_databases
 from django_tenants.utils import schema_context
 from rest_framework.test import APIClient
 
@@ -27,6 +28,12 @@ ADMIN_PASSWORD = "Correct-horse-battery-4711"
 
 @pytest.fixture(scope="session")
 def django_db_setup(django_db_setup, django_db_blocker):
+    # pytest-django creates the test database only when a selected test uses `db` or the django_db
+    # mark. A run of committed-fixture tests alone would otherwise provision into the development database.
+    created = None
+    if connection.settings_dict["NAME"] != connection.creation._get_test_db_name():
+        with django_db_blocker.unblock():
+            created = setup_databases(verbosity=0, interactive=False, aliases={"default"})
     with django_db_blocker.unblock():
         for schema, domain in TENANT_DOMAINS.items():
             provision_tenant(
@@ -42,6 +49,9 @@ def django_db_setup(django_db_setup, django_db_blocker):
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
             "WHERE datname = current_database() AND pid <> pg_backend_pid()"
         )
+    if created is not None:
+        with django_db_blocker.unblock():
+            teardown_databases(created, verbosity=0)
 
 
 def _use_tenant(schema):

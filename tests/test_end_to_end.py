@@ -70,10 +70,13 @@ def gamma_readings_over_api(token, sensor_id):
 async def test_reading_travels_from_simulator_to_websocket(gamma, django_db_blocker):
     with django_db_blocker.unblock():
         gamma_socket = socket(GAMMA_DOMAIN, gamma["token"], "format=json")
+        beta_socket = socket(TENANT_DOMAINS["beta"], gamma["beta_token"], "format=json")
         unit_query = "&".join(f"unit={unit_id}" for unit_id in gamma["unit_ids"])
-        beta_socket = socket(TENANT_DOMAINS["beta"], gamma["beta_token"], f"format=json&{unit_query}")
+        beta_asking_for_gamma_units = socket(TENANT_DOMAINS["beta"], gamma["beta_token"], f"format=json&{unit_query}")
         assert (await gamma_socket.connect())[0]
         assert (await beta_socket.connect())[0]
+        assert (await beta_asking_for_gamma_units.connect())[0]
+        closed = await beta_asking_for_gamma_units.receive_output(timeout=5)
 
         summary = await sync_to_async(run_poll_task)()
 
@@ -90,6 +93,7 @@ async def test_reading_travels_from_simulator_to_websocket(gamma, django_db_bloc
         response = await sync_to_async(gamma_readings_over_api)(gamma["token"], sensor_id)
         stored = await sync_to_async(_stored_count)()
 
+    assert closed["code"] == 4404
     assert summary == {"polled": 3, "failed": 0, "samples": len(gamma["sensor_ids"])}
     assert stored == len(gamma["sensor_ids"])
     assert response.status_code == 200

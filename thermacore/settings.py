@@ -18,6 +18,10 @@ env = environ.Env()
 environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
 THERMACORE_ENV = env.str("THERMACORE_ENV", default="development")
+if THERMACORE_ENV not in ("development", "production"):
+    raise ImproperlyConfigured(
+        f"THERMACORE_ENV={THERMACORE_ENV!r} is invalid; use 'development' or 'production'."
+    )
 IS_PRODUCTION = THERMACORE_ENV == "production"
 
 DEBUG = env.bool("THERMACORE_DEBUG", default=not IS_PRODUCTION)
@@ -44,7 +48,8 @@ SHARED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.auth",
     "apps.accounts",
-    "django.contrib.admin",
+    # Django's admin whose default site asks the role layer (apps.accounts.roles).
+    "apps.accounts.apps.TenantAdminConfig",
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
@@ -53,6 +58,9 @@ SHARED_APPS = [
     "drf_spectacular_sidecar",
     "django_htmx",
     "channels",
+    "django_guid",
+    # Failed logins on the platform admin are counted in the public schema.
+    "axes",
 ]
 
 # Apps whose tables every tenant schema gets its own copy of. Users live here
@@ -61,15 +69,22 @@ TENANT_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.auth",
     "apps.accounts",
-    "django.contrib.admin",
+    "apps.accounts.apps.TenantAdminConfig",
     "django.contrib.sessions",
     "django.contrib.messages",
     "apps.units",
     "apps.sensors",
     "apps.protocols",
     "apps.telemetry",
+    "apps.alarms",
     "apps.dashboards",
     "apps.api",
+    "apps.audit",
+    # Issued and revoked refresh tokens, and failed logins, are kept per tenant schema.
+    "rest_framework_simplejwt.token_blacklist",
+    "axes",
+    # Provides the key hashing of apps.accounts.models.ApiKey; its own APIKey table stays unused.
+    "rest_framework_api_key",
 ]
 
 INSTALLED_APPS = SHARED_APPS + [app for app in TENANT_APPS if app not in SHARED_APPS]
@@ -85,15 +100,22 @@ AUTH_USER_MODEL = "accounts.User"
 MIDDLEWARE = [
     # Static files are served before the tenant lookup, which would cost a query each.
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    # Sets the request id (X-Request-ID) that logs and audit entries carry.
+    "django_guid.middleware.guid_middleware",
     "django_tenants.middleware.main.TenantMainMiddleware",
+    # Rejects every request to a suspended tenant, logins included.
+    "apps.tenants.middleware.TenantSuspensionMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "apps.audit.middleware.AuditContextMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Turns a lockout found during login into a 429 response; must stay last.
+    "axes.middleware.AxesMiddleware",
 ]
 
 TEMPLATES = [
@@ -106,6 +128,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "apps.accounts.context_processors.capabilities",
             ],
         },
     },
@@ -171,7 +194,8 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = "UTC"
-CELERY_BEAT_SCHEDULER = "tenant_schemas_celery.scheduler.TenantAwarePersistentScheduler"
+# Sends periodic tasks to every tenant that is not suspended.
+CELERY_BEAT_SCHEDULER = "apps.tenants.scheduler.ActiveTenantScheduler"
 CELERY_BEAT_SCHEDULE_FILENAME = env.str(
     "THERMACORE_BEAT_SCHEDULE_FILE", default=str(BASE_DIR / "var" / "celerybeat-schedule")
 )
@@ -182,6 +206,8 @@ CELERY_TASK_DEFAULT_QUEUE = "default"
 # A poll that is already late is useless; drop it instead of piling up.
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_TENANT_CACHE_SECONDS = 30
+# Keep Django's LOGGING in the worker, so its records carry the tenant schema too.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BEAT_SCHEDULE = {
     # Without a "tenant_schemas" key the tenant-aware scheduler sends each
     # entry once per tenant schema.
@@ -194,6 +220,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "telemetry.ensure_partitions",
         "schedule": 3600.0,
     },
+    "run-alarm-timers": {
+        "task": "alarms.run_timers",
+        "schedule": 5.0,
+        "options": {"expires": 10},
+    },
 }
 
 # Authentication and API -----------------------------------------------------
@@ -204,6 +235,28 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# Permissions come from the user's role alone (apps.accounts.roles).
+AUTHENTICATION_BACKENDS = [
+    # Rejects a locked-out user before the password is checked, and counts failures.
+    "axes.backends.AxesStandaloneBackend",
+    "apps.accounts.backends.RoleBackend",
+]
+# The lockout counts failures per user name and client address inside the
+# tenant schema, because a user name alone would let anyone lock out an operator.
+AXES_FAILURE_LIMIT = env.int("THERMACORE_LOGIN_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = timedelta(minutes=env.int("THERMACORE_LOGIN_COOLOFF_MINUTES", default=15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+# NOTE: the client address is REMOTE_ADDR (the django-axes default). Behind a
+# reverse proxy every client has the proxy's address, so the lockout becomes per
+# user name; set AXES_IPWARE_META_PRECEDENCE_ORDER and AXES_IPWARE_PROXY_COUNT there.
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "registration/lockout.html"
+AXES_VERBOSE = False
+PASSWORD_RESET_TIMEOUT = env.int("THERMACORE_PASSWORD_RESET_TIMEOUT_SECONDS", default=3600)
+# Development prints mail to the console; production sets e.g. smtp+tls://user:password@host:587.
+EMAIL_CONFIG = env.email_url("THERMACORE_EMAIL_URL", default="consolemail://")
+vars().update(EMAIL_CONFIG)
+DEFAULT_FROM_EMAIL = env.str("THERMACORE_DEFAULT_FROM_EMAIL", default="ThermaCore <noreply@localhost>")
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "dashboards:live"
 LOGOUT_REDIRECT_URL = "login"
@@ -211,15 +264,16 @@ LOGOUT_REDIRECT_URL = "login"
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": (
         "apps.accounts.authentication.TenantJWTAuthentication",
+        "apps.accounts.authentication.ApiKeyAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ),
-    "DEFAULT_PERMISSION_CLASSES": (
-        "rest_framework.permissions.IsAuthenticated",
-        "apps.accounts.permissions.ModelPermissions",
-    ),
+    # Every endpoint checks the role layer, and anonymous requests get 401.
+    "DEFAULT_PERMISSION_CLASSES": ("apps.accounts.permissions.RolePermission",),
     "DEFAULT_PAGINATION_CLASS": "apps.api.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # Django's errors as JSON 4xx, then DRF's handler, which also audits permission denials.
+    "EXCEPTION_HANDLER": "apps.api.exceptions.exception_handler",
     "DEFAULT_FILTER_BACKENDS": (),
 }
 
@@ -230,6 +284,12 @@ SIMPLE_JWT = {
     "SIGNING_KEY": SECRET_KEY,
     "TOKEN_OBTAIN_SERIALIZER": "apps.accounts.tokens.TenantTokenObtainPairSerializer",
     "TOKEN_REFRESH_SERIALIZER": "apps.accounts.tokens.TenantTokenRefreshSerializer",
+    "TOKEN_BLACKLIST_SERIALIZER": "apps.accounts.tokens.TenantTokenBlacklistSerializer",
+    # Each refresh returns a new refresh token and blacklists the old one.
+    "ROTATE_REFRESH_TOKENS": True,
+    "BLACKLIST_AFTER_ROTATION": True,
+    # Tokens carry a hash of the password hash, so a password change revokes them.
+    "CHECK_REVOKE_TOKEN": True,
 }
 
 SPECTACULAR_SETTINGS = {
@@ -242,6 +302,20 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
 }
+
+# Audit trail -----------------------------------------------------------------
+
+DJANGO_GUID = {
+    "GUID_HEADER_NAME": "X-Request-ID",
+    "VALIDATE_GUID": True,
+    "UUID_FORMAT": "string",
+}
+# Client addresses come from REMOTE_ADDR alone unless a trusted proxy is
+# configured: a client can write any X-Forwarded-For header it likes. Behind
+# one proxy set e.g. THERMACORE_CLIENT_IP_HEADERS=HTTP_X_FORWARDED_FOR,REMOTE_ADDR
+# and THERMACORE_PROXY_COUNT=1.
+IPWARE_META_PRECEDENCE_ORDER = env.list("THERMACORE_CLIENT_IP_HEADERS", default=["REMOTE_ADDR"])
+IPWARE_META_PROXY_COUNT = env.int("THERMACORE_PROXY_COUNT", default=None)
 
 # Internationalisation and static files --------------------------------------
 
@@ -289,5 +363,13 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env.str("THERMACORE_LOG_LEVEL", default="INFO")},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
+        # django-guid logs every request's id at INFO.
+        "django_guid": {"level": "WARNING"},
+        # One line per task and per beat tick (every second) would drown the
+        # starts, stops and errors that matter; failures are still logged.
+        "celery.app.trace": {"level": "WARNING"},
+        "celery.worker.strategy": {"level": "WARNING"},
+        "celery.beat": {"level": "WARNING"},
+        "tenant_schemas_celery.scheduler": {"level": "WARNING"},
     },
 }

@@ -10,10 +10,13 @@ admin.site.site_title = "ThermaCore"
 
 urlpatterns = [
     path("", include("apps.dashboards.urls")),
+    path("alarms/", include("apps.alarms.urls")),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("accounts/", include("apps.accounts.urls")),
     path("admin/", admin.site.urls),
     path("api/v1/", include("apps.api.urls")),
+    path("audit/", include("apps.audit.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
 ]

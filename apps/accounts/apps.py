@@ -1,6 +1,15 @@
 from django.apps import AppConfig
+from django.contrib.admin import apps as admin_apps
 
 
 class AccountsConfig(AppConfig):
     name = "apps.accounts"
     verbose_name = "Accounts"
+    default = True
+
+
+class TenantAdminConfig(admin_apps.AdminConfig):
+    """Django's admin app with the role-checked site as ``admin.site``."""
+
+    default = False
+    default_site = "apps.accounts.sites.TenantAdminSite"

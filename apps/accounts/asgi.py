@@ -3,20 +3,20 @@
 Browsers send their session cookie; API clients send ``Authorization:
 Bearer <access token>``. Both are checked against the users of the tenant
 that TenantWebSocketMiddleware resolved, never of another schema. A cookie
-counts only when the Origin header names the same host, because a browser
+counts only when the Origin header names the same scheme and host, because a browser
 sends cookies along with a WebSocket that another site opens.
 """
 
 import logging
 from importlib import import_module
 from types import SimpleNamespace
+from urllib.parse import urlsplit
 
 from channels.db import database_sync_to_async
 from django.conf import settings
 from django.contrib.auth import get_user
 from django.contrib.auth.models import AnonymousUser
 from django.http.cookie import parse_cookie
-from django.utils.http import url_has_allowed_host_and_scheme
 from django_tenants.utils import schema_context
 from rest_framework.exceptions import AuthenticationFailed
 from rest_framework_simplejwt.exceptions import InvalidToken, TokenError
@@ -31,6 +31,16 @@ def _header(scope, wanted):
         if name == wanted:
             return value.decode("latin-1")
     return ""
+
+
+def same_origin(origin, host, websocket_scheme):
+    """Return whether a browser's Origin header names the page's own scheme and host.
+
+    "null" (sandboxed frames, file pages) and any other site do not count.
+    """
+    parts = urlsplit(origin)
+    expected_scheme = "https" if websocket_scheme == "wss" else "http"
+    return parts.scheme == expected_scheme and bool(host) and parts.netloc.lower() == host.lower()
 
 
 @database_sync_to_async
@@ -51,8 +61,8 @@ def authenticate_scope(scope):
             return AnonymousUser()
         origin = _header(scope, b"origin")
         host = _header(scope, b"host")
-        if not url_has_allowed_host_and_scheme(origin, allowed_hosts={host}):
-            logger.warning("WebSocket session on schema %s refused: origin %r does not match host %r", schema, origin, host)
+        if not same_origin(origin, host, scope.get("scheme", "ws")):
+            logger.warning("WebSocket session on schema %s rejected: origin %r does not match host %r", schema, origin, host)
             return AnonymousUser()
         session = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
         return get_user(SimpleNamespace(session=session))

@@ -2,12 +2,33 @@
 
 User ids are only unique inside one tenant schema, so a token without a
 tenant claim would let user 1 of one tenant act as user 1 of another.
+
+Refresh tokens rotate: each refresh blacklists the presented token and
+returns a new one, and logout blacklists the token it is given. A refresh
+is refused (401, no token issued) when the user was deleted or deactivated
+or changed their password after the token was issued.
 """
 
-from django.db import connection
+import logging
+
+from django.contrib.auth import get_user_model
+from django.db import connection, transaction
 from rest_framework import exceptions
-from rest_framework_simplejwt.serializers import TokenObtainPairSerializer, TokenRefreshSerializer
+from rest_framework_simplejwt.serializers import (
+    TokenBlacklistSerializer,
+    TokenObtainPairSerializer,
+    TokenRefreshSerializer,
+)
+from rest_framework_simplejwt.settings import api_settings
+from rest_framework_simplejwt.token_blacklist.models import OutstandingToken
 from rest_framework_simplejwt.tokens import RefreshToken
+from rest_framework_simplejwt.utils import get_md5_hash_password
+
+from apps.audit.choices import ActorType, AuditAction
+from apps.audit.services import Actor, record
+from apps.audit.signals import record_token_issued, record_token_refreshed
+
+logger = logging.getLogger(__name__)
 
 TENANT_CLAIM = "tenant"
 
@@ -21,6 +42,27 @@ def check_token_tenant(token):
         )
 
 
+def check_token_user(token):
+    """Raise AuthenticationFailed unless the token's user exists, is active and kept their password.
+
+    simplejwt checks this for access tokens only; its refresh serializer
+    raises an unhandled DoesNotExist (a 500) for a deleted user.
+    """
+    user_id = token.get(api_settings.USER_ID_CLAIM)
+    user = get_user_model().objects.filter(**{api_settings.USER_ID_FIELD: user_id}).first()
+    if user is None:
+        raise exceptions.AuthenticationFailed("The token's user no longer exists.", code="user_not_found")
+    if not api_settings.USER_AUTHENTICATION_RULE(user):
+        raise exceptions.AuthenticationFailed("The token's user is deactivated.", code="user_inactive")
+    if api_settings.CHECK_REVOKE_TOKEN and token.get(api_settings.REVOKE_TOKEN_CLAIM) != get_md5_hash_password(
+        user.password
+    ):
+        raise exceptions.AuthenticationFailed(
+            "The password was changed after this token was issued; log in again.", code="password_changed"
+        )
+    return user
+
+
 class TenantTokenObtainPairSerializer(TokenObtainPairSerializer):
     @classmethod
     def get_token(cls, user):
@@ -28,8 +70,39 @@ class TenantTokenObtainPairSerializer(TokenObtainPairSerializer):
         token[TENANT_CLAIM] = connection.schema_name
         return token
 
+    def validate(self, attrs):
+        data = super().validate(attrs)
+        record_token_issued(self.user, self.context.get("request"))
+        return data
+
 
 class TenantTokenRefreshSerializer(TokenRefreshSerializer):
     def validate(self, attrs):
-        check_token_tenant(RefreshToken(attrs["refresh"]))
-        return super().validate(attrs)
+        token = RefreshToken(attrs["refresh"])
+        check_token_tenant(token)
+        check_token_user(token)
+        # Two refreshes of one token at the same time would both pass the
+        # blacklist check, so a row lock lets only the first one rotate it.
+        with transaction.atomic():
+            OutstandingToken.objects.select_for_update().filter(jti=token[api_settings.JTI_CLAIM]).first()
+            data = super().validate(attrs)
+            record_token_refreshed(token, self.context.get("request"))
+        return data
+
+
+class TenantTokenBlacklistSerializer(TokenBlacklistSerializer):
+    def validate(self, attrs):
+        token = RefreshToken(attrs["refresh"])
+        check_token_tenant(token)
+        user_id = str(token.get(api_settings.USER_ID_CLAIM, ""))
+        username = get_user_model().objects.filter(pk=user_id).values_list("username", flat=True).first()
+        with transaction.atomic():
+            result = super().validate(attrs)
+            record(
+                AuditAction.TOKEN_REVOKED,
+                actor=Actor(ActorType.USER, user_id, username or ""),
+                detail={"jti": str(token[api_settings.JTI_CLAIM]), "reason": "logout"},
+                request=self.context.get("request"),
+            )
+        logger.info("Schema %s: refresh token of user %s blacklisted at logout", connection.schema_name, user_id)
+        return result

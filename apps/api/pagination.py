@@ -1,4 +1,6 @@
+from django.utils.dateparse import parse_datetime
 from rest_framework import pagination
+from rest_framework.exceptions import NotFound
 
 
 class PageNumberPagination(pagination.PageNumberPagination):
@@ -13,3 +15,14 @@ class ReadingCursorPagination(pagination.CursorPagination):
     page_size = 1000
     page_size_query_param = "page_size"
     max_page_size = 10000
+
+    def decode_cursor(self, request):
+        cursor = super().decode_cursor(request)
+        if cursor is not None and cursor.position is not None:
+            try:
+                valid = parse_datetime(cursor.position) is not None
+            except ValueError:
+                valid = False
+            if not valid:
+                raise NotFound(self.invalid_cursor_message)
+        return cursor

@@ -49,16 +49,19 @@ class SensorSerializer(ModelCleanMixin, serializers.ModelSerializer):
         fields = ("id", "unit", "name", "key", "quantity", "engineering_unit", "minimum", "maximum", "decimals")
 
 
-class DeviceSerializer(serializers.ModelSerializer):
+class DeviceSerializer(ModelCleanMixin, serializers.ModelSerializer):
     class Meta:
         model = Device
         fields = (
-            "id", "name", "protocol", "host", "port", "unit_id", "poll_interval", "timeout", "enabled",
+            "id", "name", "protocol", "host", "port", "unit_id", "endpoint_path", "poll_interval", "timeout",
+            "enabled", "username", "password", "client_id", "qos", "tls_ca_file", "tls_cert_file", "tls_key_file",
+            "dnp3_master_address", "dnp3_outstation_address", "integrity_interval", "event_poll_interval", "time_sync",
             "status", "last_seen", "last_error", "last_poll_duration_ms", "consecutive_failures", "error_count",
         )
         read_only_fields = (
             "status", "last_seen", "last_error", "last_poll_duration_ms", "consecutive_failures", "error_count",
         )
+        extra_kwargs = {"password": {"write_only": True}}
 
 
 class PointSerializer(ModelCleanMixin, serializers.ModelSerializer):
@@ -66,8 +69,24 @@ class PointSerializer(ModelCleanMixin, serializers.ModelSerializer):
         model = Point
         fields = (
             "id", "device", "sensor", "register_type", "address", "data_type", "byte_order", "bit", "scale",
-            "offset", "enabled",
+            "offset", "scale_factor_address", "topic", "json_path", "timestamp_path", "node_id",
+            "sampling_interval_ms", "deadband", "dnp3_type", "dnp3_index", "enabled", "last_error",
         )
+        read_only_fields = ("last_error",)
+
+
+class DeviceProfileImportSerializer(serializers.Serializer):
+    unit = serializers.PrimaryKeyRelatedField(queryset=Unit.objects.all(), help_text="Unit that gets the sensors.")
+    profile = serializers.CharField(help_text="Profile document in YAML or JSON.", trim_whitespace=False)
+
+
+class SetpointSerializer(serializers.Serializer):
+    value = serializers.FloatField(help_text="Setpoint in the sensor's engineering unit; 0 or 1 for bits and coils.")
+    written = serializers.FloatField(read_only=True, help_text="The value after encoding in the point's data type.")
+    read_back = serializers.FloatField(read_only=True, help_text="The value the device returned after the write.")
+
+    def to_representation(self, instance):
+        return {"value": instance.requested, "written": instance.written, "read_back": instance.read_back}
 
 
 class ReadingSerializer(serializers.Serializer):

@@ -1,18 +1,36 @@
 from django.urls import include, path
 from rest_framework.routers import DefaultRouter
-from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
+from rest_framework_simplejwt.views import TokenRefreshView
+
+from apps.accounts.views import ApiKeyViewSet, LogoutView, ProfileView, TokenObtainPairView
+from apps.alarms.api import AlarmRuleViewSet, AlarmViewSet
 
 from . import views
+from .ingest import IngestView
+
+
+class APIRootView(DefaultRouter.APIRootView):
+    # The list of endpoints holds no tenant data, so every role may read it.
+    any_role_allowed = True
+
 
 router = DefaultRouter()
+router.APIRootView = APIRootView
+router.register("api-keys", ApiKeyViewSet, basename="apikey")
 router.register("sites", views.SiteViewSet)
 router.register("units", views.UnitViewSet)
 router.register("sensors", views.SensorViewSet)
 router.register("devices", views.DeviceViewSet)
 router.register("points", views.PointViewSet)
+router.register("alarm-rules", AlarmRuleViewSet)
+router.register("alarms", AlarmViewSet)
 
 urlpatterns = [
     path("auth/token/", TokenObtainPairView.as_view(), name="token_obtain_pair"),
     path("auth/token/refresh/", TokenRefreshView.as_view(), name="token_refresh"),
+    path("ingest/", IngestView.as_view(), name="ingest"),
+    path("auth/logout/", LogoutView.as_view(), name="auth_logout"),
+    path("auth/me/", ProfileView.as_view(), name="auth_me"),
+    path("audit/", include("apps.audit.api_urls")),
     path("", include(router.urls)),
 ]

@@ -1,24 +1,32 @@
 from datetime import timedelta
 
+from django.http import HttpResponse
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import viewsets
+from rest_framework import status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
+from rest_framework.response import Response
 
+from apps.accounts.roles import Capability
+from apps.audit.mixins import AuditedModelViewSetMixin
 from apps.protocols.models import Device, Point
+from apps.protocols.profiles import ProfileError, apply_profile, export_profile, parse_profile
+from apps.protocols.services import InvalidSetpoint, SetpointError, write_setpoint
 from apps.sensors.models import Sensor
 from apps.telemetry.models import Reading
 from apps.units.models import Site, Unit
 
 from .pagination import ReadingCursorPagination
 from .serializers import (
+    DeviceProfileImportSerializer,
     DeviceSerializer,
     PointSerializer,
     ReadingSerializer,
     SensorSerializer,
+    SetpointSerializer,
     SiteSerializer,
     UnitSerializer,
 )
@@ -26,39 +34,78 @@ from .serializers import (
 DEFAULT_READING_WINDOW = timedelta(hours=1)
 
 
-class SiteViewSet(viewsets.ModelViewSet):
+class SiteViewSet(AuditedModelViewSetMixin, viewsets.ModelViewSet):
     queryset = Site.objects.all()
     serializer_class = SiteSerializer
 
 
-class UnitViewSet(viewsets.ModelViewSet):
+class UnitViewSet(AuditedModelViewSetMixin, viewsets.ModelViewSet):
     queryset = Unit.objects.select_related("site")
     serializer_class = UnitSerializer
 
 
-class DeviceViewSet(viewsets.ModelViewSet):
+class DeviceViewSet(AuditedModelViewSetMixin, viewsets.ModelViewSet):
     queryset = Device.objects.all()
     serializer_class = DeviceSerializer
+    action_capabilities = {"profile": Capability.CONFIGURE_PLANT}
+
+    @extend_schema(request=DeviceProfileImportSerializer, responses={200: OpenApiTypes.OBJECT})
+    @action(detail=True, methods=["get", "post"], serializer_class=DeviceProfileImportSerializer)
+    def profile(self, request, pk=None):
+        """GET: the device's points as a YAML profile. POST: create or update its points from a profile."""
+        device = self.get_object()
+        if request.method == "GET":
+            return HttpResponse(export_profile(device), content_type="application/yaml; charset=utf-8")
+        serializer = DeviceProfileImportSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        try:
+            profile = parse_profile(serializer.validated_data["profile"])
+            result = apply_profile(profile, device=device, unit=serializer.validated_data["unit"], actor=request.user)
+        except ProfileError as exc:
+            issues = [{"line": issue.line, "field": issue.field, "message": issue.message} for issue in exc.issues]
+            return Response({"profile": issues}, status=status.HTTP_400_BAD_REQUEST)
+        return Response({"profile": profile.name, **result.__dict__})
 
 
-class PointViewSet(viewsets.ModelViewSet):
+class PointViewSet(AuditedModelViewSetMixin, viewsets.ModelViewSet):
     queryset = Point.objects.all()
     serializer_class = PointSerializer
+    action_capabilities = {"write": Capability.WRITE_SETPOINT}
+
+    @extend_schema(request=SetpointSerializer, responses=SetpointSerializer)
+    @action(detail=True, methods=["post"], serializer_class=SetpointSerializer)
+    def write(self, request, pk=None):
+        """Write a setpoint to the point's device and return the value the device read back."""
+        point = self.get_object()
+        serializer = SetpointSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        try:
+            result = write_setpoint(point, serializer.validated_data["value"], actor=request.user)
+        except InvalidSetpoint as exc:
+            raise ValidationError({"value": [str(exc)]}) from exc
+        except SetpointError as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_502_BAD_GATEWAY)
+        return Response(SetpointSerializer(result).data)
 
 
 def parse_time_parameter(request, name, default):
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
-    parsed = parse_datetime(raw.replace(" ", "+"))
+    shown = raw if len(raw) <= 64 else raw[:64] + "…"
+    try:
+        # A "+" in an unencoded query string arrives as a space.
+        parsed = parse_datetime(raw.replace(" ", "+"))
+    except ValueError:
+        parsed = None
     if parsed is None:
-        raise ValidationError({name: f"{raw!r} is not an ISO 8601 timestamp; use e.g. 2026-01-05T10:00:00Z."})
+        raise ValidationError({name: f"{shown!r} is not a valid ISO 8601 timestamp; use e.g. 2026-01-05T10:00:00Z."})
     if timezone.is_naive(parsed):
-        raise ValidationError({name: f"{raw!r} has no UTC offset; append Z or an offset such as +01:00."})
+        raise ValidationError({name: f"{shown!r} has no UTC offset; append Z or an offset such as +01:00."})
     return parsed
 
 
-class SensorViewSet(viewsets.ModelViewSet):
+class SensorViewSet(AuditedModelViewSetMixin, viewsets.ModelViewSet):
     queryset = Sensor.objects.select_related("unit")
     serializer_class = SensorSerializer
 
@@ -74,7 +121,11 @@ class SensorViewSet(viewsets.ModelViewSet):
         """List the sensor's readings in [start, end) in time order."""
         sensor = self.get_object()
         end = parse_time_parameter(request, "end", timezone.now())
-        start = parse_time_parameter(request, "start", end - DEFAULT_READING_WINDOW)
+        try:
+            default_start = end - DEFAULT_READING_WINDOW
+        except OverflowError:
+            raise ValidationError({"end": f"end {end.isoformat()} is too early; give a start as well."}) from None
+        start = parse_time_parameter(request, "start", default_start)
         if start >= end:
             raise ValidationError({"start": f"start {start.isoformat()} must be before end {end.isoformat()}."})
         readings = Reading.objects.filter(sensor_id=sensor.id, time__gte=start, time__lt=end).values(

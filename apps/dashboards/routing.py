@@ -1,7 +1,8 @@
-from django.urls import path
+from django.urls import path, re_path
 
-from .consumers import LiveValuesConsumer
+from .consumers import LiveValuesConsumer, NotFoundConsumer
 
 websocket_urlpatterns = [
     path("ws/live/", LiveValuesConsumer.as_asgi()),
+    re_path(r"", NotFoundConsumer.as_asgi()),
 ]

@@ -1,8 +1,9 @@
-from django.contrib.auth.decorators import login_required
 from django.db import connection
 from django.db.models import Prefetch
 from django.shortcuts import get_object_or_404, render
 
+from apps.accounts.decorators import capability_required
+from apps.accounts.roles import Capability
 from apps.sensors.models import Sensor
 from apps.telemetry.latest import get_latest
 from apps.telemetry.quality import is_bad, quality_label
@@ -21,7 +22,7 @@ def _with_latest(sensors):
     return sensors
 
 
-@login_required
+@capability_required(Capability.VIEW_PLANT)
 def live(request):
     """List every site and unit with the latest value of each sensor, kept live over a WebSocket."""
     sites = list(
@@ -33,7 +34,7 @@ def live(request):
     return render(request, "dashboards/live.html", {"sites": sites})
 
 
-@login_required
+@capability_required(Capability.VIEW_PLANT)
 def unit_detail(request, pk):
     """Show one unit's sensors with live values and a trend chart of the last hour."""
     unit = get_object_or_404(Unit.objects.select_related("site"), pk=pk)

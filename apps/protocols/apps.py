@@ -7,4 +7,4 @@ class ProtocolsConfig(AppConfig):
 
     def ready(self):
         # Drivers register themselves with the driver registry on import.
-        from .drivers import modbus_tcp  # noqa: F401
+        from .drivers import dnp3, modbus_tcp, mqtt, opcua  # noqa: F401

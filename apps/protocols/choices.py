@@ -3,6 +3,15 @@ from django.db import models
 
 class Protocol(models.TextChoices):
     MODBUS_TCP = "modbus_tcp", "Modbus TCP"
+    MQTT = "mqtt", "MQTT"
+    OPCUA = "opcua", "OPC UA"
+    DNP3 = "dnp3", "DNP3"
+
+
+class MqttQos(models.IntegerChoices):
+    AT_MOST_ONCE = 0, "0: at most once"
+    AT_LEAST_ONCE = 1, "1: at least once"
+    EXACTLY_ONCE = 2, "2: exactly once"
 
 
 class DeviceStatus(models.TextChoices):
@@ -37,3 +46,13 @@ class ByteOrder(models.TextChoices):
     CDAB = "CDAB", "CDAB: big-endian words, low word first"
     BADC = "BADC", "BADC: bytes swapped in each word, high word first"
     DCBA = "DCBA", "DCBA: little-endian"
+
+
+class Dnp3PointType(models.TextChoices):
+    ANALOG_INPUT = "analog_input", "Analog input (group 30/32)"
+    BINARY_INPUT = "binary_input", "Binary input (group 1/2)"
+    DOUBLE_BIT_BINARY = "double_bit_binary", "Double-bit binary input (group 3/4)"
+    COUNTER = "counter", "Counter (group 20/22)"
+    FROZEN_COUNTER = "frozen_counter", "Frozen counter (group 21/23)"
+    BINARY_OUTPUT_STATUS = "binary_output_status", "Binary output status (group 10/11)"
+    ANALOG_OUTPUT_STATUS = "analog_output_status", "Analog output status (group 40/42)"

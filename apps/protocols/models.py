@@ -5,8 +5,13 @@ from django.utils import timezone
 
 from apps.sensors.models import Sensor
 
-from .choices import ByteOrder, DataType, DeviceStatus, Protocol, RegisterType
+from .choices import ByteOrder, DataType, DeviceStatus, Dnp3PointType, MqttQos, Protocol, RegisterType
 from .modbus.codec import register_count
+from .mqtt.topics import validate_json_path, validate_topic_filter
+from .opcua.nodes import validate_node_id
+
+# Protocols whose devices push values to the gateway instead of being polled.
+SUBSCRIPTION_PROTOCOLS = (Protocol.MQTT, Protocol.OPCUA, Protocol.DNP3)
 
 BIT_REGISTER_TYPES = {RegisterType.COIL, RegisterType.DISCRETE}
 
@@ -16,11 +21,23 @@ class DeviceQuerySet(models.QuerySet):
         return self.filter(enabled=True)
 
     def due(self, now=None):
-        return self.enabled().filter(next_poll_at__lte=now or timezone.now())
+        return self.enabled().filter(next_poll_at__lte=now or timezone.now()).exclude(
+            protocol__in=SUBSCRIPTION_PROTOCOLS
+        )
+
+    def subscribed(self):
+        """Return the enabled devices that the gateway keeps connections to."""
+        return self.enabled().filter(protocol__in=SUBSCRIPTION_PROTOCOLS)
 
 
 class Device(models.Model):
-    """A field device that the portal polls, such as a boiler controller answering Modbus TCP."""
+    """A field device or broker connection, such as a boiler controller that serves Modbus TCP.
+
+    Modbus devices are polled every ``poll_interval``. For MQTT, host and port name the
+    broker. For OPC UA, host, port and ``endpoint_path`` make the endpoint URL. For DNP3,
+    host and port name the outstation. The gateway process keeps MQTT, OPC UA and DNP3
+    connections open instead of polling.
+    """
 
     name = models.CharField(max_length=200, unique=True)
     protocol = models.CharField(max_length=32, choices=Protocol.choices, default=Protocol.MODBUS_TCP)
@@ -43,6 +60,54 @@ class Device(models.Model):
     )
     enabled = models.BooleanField(default=True)
 
+    endpoint_path = models.CharField(
+        max_length=200,
+        blank=True,
+        help_text="OPC UA endpoint path after host and port, e.g. '/freeopcua/server/'; empty for none.",
+    )
+    username = models.CharField(max_length=150, blank=True, help_text="MQTT or OPC UA user name; empty for none.")
+    # NOTE: stored in clear text like other connection settings; restrict database and admin access.
+    password = models.CharField(max_length=256, blank=True, help_text="MQTT or OPC UA password; empty for none.")
+    client_id = models.CharField(
+        max_length=128,
+        blank=True,
+        help_text="MQTT client id, fixed so that the broker keeps the session across reconnects; "
+        "empty for thermacore-<tenant>-<device id>.",
+    )
+    qos = models.PositiveSmallIntegerField(
+        choices=MqttQos.choices, default=MqttQos.AT_LEAST_ONCE, help_text="MQTT quality of service of subscriptions."
+    )
+    tls_ca_file = models.CharField(
+        max_length=500, blank=True, help_text="Path of the CA certificate file on the gateway host; set to use TLS."
+    )
+    tls_cert_file = models.CharField(
+        max_length=500, blank=True, help_text="Path of the client certificate file (PEM) on the gateway host."
+    )
+    tls_key_file = models.CharField(
+        max_length=500, blank=True, help_text="Path of the client certificate's private key file (PEM)."
+    )
+
+    dnp3_master_address = models.PositiveIntegerField(
+        default=1, validators=[MaxValueValidator(65519)], help_text="DNP3 link address of ThermaCore (the master)."
+    )
+    dnp3_outstation_address = models.PositiveIntegerField(
+        default=10, validators=[MaxValueValidator(65519)], help_text="DNP3 link address of the outstation."
+    )
+    integrity_interval = models.FloatField(
+        default=3600.0,
+        validators=[MinValueValidator(1)],
+        help_text="DNP3: seconds between integrity polls (all static data and events).",
+    )
+    event_poll_interval = models.FloatField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0.5)],
+        help_text="DNP3: seconds between class 1, 2 and 3 event polls; empty to rely on unsolicited responses.",
+    )
+    time_sync = models.BooleanField(
+        default=False, help_text="DNP3: set the outstation's clock (LAN procedure) when it asks for time."
+    )
+
     status = models.CharField(max_length=16, choices=DeviceStatus.choices, default=DeviceStatus.UNKNOWN, editable=False)
     last_seen = models.DateTimeField(null=True, blank=True, editable=False)
     last_error = models.TextField(blank=True, editable=False)
@@ -59,15 +124,28 @@ class Device(models.Model):
     def __str__(self):
         return self.name
 
+    def clean(self):
+        errors = {}
+        if self.tls_cert_file and not self.tls_ca_file:
+            errors["tls_ca_file"] = "A client certificate needs TLS; set the CA certificate file too."
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            errors["tls_key_file"] = "Set the client certificate file and its key file together, or neither."
+        if self.endpoint_path and not self.endpoint_path.startswith("/"):
+            errors["endpoint_path"] = f"Endpoint path {self.endpoint_path!r} must start with '/', e.g. '/server/'."
+        if self.password and not self.username:
+            errors["username"] = "A password needs a user name; set the user name or clear the password."
+        if errors:
+            raise ValidationError(errors)
+
 
 class Point(models.Model):
-    """A register or bit of a device that delivers the values of one sensor."""
+    """A register, bit, MQTT topic or OPC UA variable of a device that delivers the values of one sensor."""
 
     device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="points")
     sensor = models.ForeignKey(Sensor, on_delete=models.CASCADE, related_name="points")
     register_type = models.CharField(max_length=16, choices=RegisterType.choices, default=RegisterType.HOLDING)
     address = models.PositiveIntegerField(
-        validators=[MaxValueValidator(65535)], help_text="0-based register or coil address."
+        null=True, blank=True, validators=[MaxValueValidator(65535)], help_text="0-based register or coil address."
     )
     data_type = models.CharField(max_length=16, choices=DataType.choices, default=DataType.UINT16)
     byte_order = models.CharField(max_length=4, choices=ByteOrder.choices, default=ByteOrder.ABCD)
@@ -76,7 +154,55 @@ class Point(models.Model):
     )
     scale = models.FloatField(default=1.0, help_text="Engineering value = raw value × scale + offset.")
     offset = models.FloatField(default=0.0)
+    scale_factor_address = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MaxValueValidator(65535)],
+        help_text="Address of a SunSpec scale-factor register (int16, same register table); "
+        "the value is multiplied by 10 to the power of that register's value, read in the same poll.",
+    )
+    topic = models.CharField(
+        max_length=255,
+        blank=True,
+        help_text="MQTT topic filter; '+' matches one level and '#' all further levels, e.g. 'plant/+/boiler1/temp'.",
+    )
+    json_path = models.CharField(
+        max_length=255,
+        blank=True,
+        help_text="JSONPath of the value in a JSON payload, e.g. '$.boiler.supply.temp'; empty for a plain number.",
+    )
+    timestamp_path = models.CharField(
+        max_length=255,
+        blank=True,
+        help_text="JSONPath of the source timestamp (epoch s or ms, or ISO 8601 with offset); "
+        "empty to use the arrival time.",
+    )
+    node_id = models.CharField(
+        max_length=255,
+        blank=True,
+        help_text="OPC UA node id of the variable, e.g. 'ns=2;s=Boiler1.SupplyTemp' or 'ns=3;i=1001'.",
+    )
+    sampling_interval_ms = models.FloatField(
+        default=1000.0,
+        validators=[MinValueValidator(0)],
+        help_text="OPC UA sampling interval in milliseconds; 0 asks the server for its fastest rate.",
+    )
+    deadband = models.FloatField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0)],
+        help_text="OPC UA absolute deadband in the variable's own units; changes smaller than this are not sent.",
+    )
+    dnp3_type = models.CharField(
+        max_length=32, choices=Dnp3PointType.choices, blank=True, help_text="DNP3 point type of the outstation."
+    )
+    dnp3_index = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MaxValueValidator(65535)], help_text="DNP3 point index within its type."
+    )
     enabled = models.BooleanField(default=True)
+    last_error = models.TextField(
+        blank=True, editable=False, help_text="Why the last read of this point gave bad quality; empty when good."
+    )
 
     class Meta:
         ordering = ["device", "register_type", "address"]
@@ -85,6 +211,12 @@ class Point(models.Model):
         ]
 
     def __str__(self):
+        if self.device.protocol == Protocol.DNP3:
+            return f"{self.device.name} {self.dnp3_type} {self.dnp3_index} → {self.sensor_id}"
+        if self.device.protocol == Protocol.OPCUA:
+            return f"{self.device.name} {self.node_id} → {self.sensor_id}"
+        if self.device.protocol == Protocol.MQTT:
+            return f"{self.device.name} {self.topic} {self.json_path} → {self.sensor_id}".replace("  ", " ")
         return f"{self.device.name} {self.register_type} {self.address} → {self.sensor_id}"
 
     @property
@@ -95,6 +227,75 @@ class Point(models.Model):
 
     def clean(self):
         errors = {}
+        if self.scale == 0:
+            errors["scale"] = "Scale 0 would turn every value into the offset; use 1 for no scaling."
+        try:
+            protocol = self.device.protocol
+        except Point.device.RelatedObjectDoesNotExist:
+            protocol = None
+        if protocol == Protocol.MQTT:
+            self._clean_mqtt(errors)
+        elif protocol == Protocol.OPCUA:
+            self._clean_opcua(errors)
+        elif protocol == Protocol.DNP3:
+            self._clean_dnp3(errors)
+        else:
+            self._clean_modbus(errors)
+        if protocol != Protocol.OPCUA and self.node_id:
+            errors["node_id"] = "A node id only applies to OPC UA points; clear it."
+        if protocol != Protocol.DNP3 and (self.dnp3_type or self.dnp3_index is not None):
+            errors["dnp3_type"] = "A DNP3 point type and index only apply to DNP3 points; clear them."
+        if errors:
+            raise ValidationError(errors)
+
+    def _clean_mqtt(self, errors):
+        if not self.topic:
+            errors["topic"] = "An MQTT point needs a topic filter, e.g. 'plant/boiler1/temp'."
+        else:
+            try:
+                validate_topic_filter(self.topic)
+            except ValueError as exc:
+                errors["topic"] = str(exc)
+        for field in ("json_path", "timestamp_path"):
+            if getattr(self, field):
+                try:
+                    validate_json_path(getattr(self, field))
+                except ValueError as exc:
+                    errors[field] = str(exc)
+        if self.address is not None:
+            errors["address"] = "A register address only applies to Modbus points; clear it for MQTT."
+
+    def _clean_opcua(self, errors):
+        if not self.node_id:
+            errors["node_id"] = "An OPC UA point needs a node id, e.g. 'ns=2;s=Boiler1.SupplyTemp'."
+        else:
+            try:
+                validate_node_id(self.node_id)
+            except ValueError as exc:
+                errors["node_id"] = str(exc)
+        for field in ("topic", "json_path", "timestamp_path"):
+            if getattr(self, field):
+                errors[field] = f"The {field.replace('_', ' ')} only applies to MQTT points; clear it for OPC UA."
+        if self.address is not None:
+            errors["address"] = "A register address only applies to Modbus points; clear it for OPC UA."
+
+    def _clean_dnp3(self, errors):
+        if not self.dnp3_type:
+            errors["dnp3_type"] = "A DNP3 point needs a point type, e.g. 'analog_input'."
+        if self.dnp3_index is None:
+            errors["dnp3_index"] = "A DNP3 point needs the point index in the outstation, from 0."
+        for field in ("topic", "json_path", "timestamp_path"):
+            if getattr(self, field):
+                errors[field] = f"The {field.replace('_', ' ')} only applies to MQTT points; clear it for DNP3."
+        if self.address is not None:
+            errors["address"] = "A register address only applies to Modbus points; clear it for DNP3."
+
+    def _clean_modbus(self, errors):
+        for field in ("topic", "json_path", "timestamp_path"):
+            if getattr(self, field):
+                errors[field] = f"The {field.replace('_', ' ')} only applies to MQTT points; clear it for Modbus."
+        if self.address is None:
+            errors["address"] = "A Modbus point needs a register or coil address from 0 to 65535."
         is_bit_table = self.register_type in BIT_REGISTER_TYPES
         if is_bit_table and self.data_type != DataType.BOOL:
             errors["data_type"] = (
@@ -107,16 +308,25 @@ class Point(models.Model):
             errors["bit"] = "Data type 'bit' needs a bit index from 0 to 15."
         if self.data_type != DataType.BIT and self.bit is not None:
             errors["bit"] = f"A bit index only applies to data type 'bit', not {self.data_type!r}; clear it."
-        if self.scale == 0:
-            errors["scale"] = "Scale 0 would turn every value into the offset; use 1 for no scaling."
-        if self.address is not None and not errors and self.address + self.register_count > 65536:
+        if self.scale_factor_address is not None and is_bit_table:
+            errors["scale_factor_address"] = (
+                f"A scale-factor register does not apply to a {self.register_type}; clear it."
+            )
+        valid_type = self.data_type in DataType.values and self.register_type in RegisterType.values
+        if self.address is not None and not errors and valid_type and self.address + self.register_count > 65536:
             errors["address"] = (
                 f"Address {self.address} with {self.register_count} registers runs past the last register 65535."
             )
-        if errors:
-            raise ValidationError(errors)
 
-    def to_engineering(self, raw):
+    def to_engineering(self, raw, scale_factor=0):
+        """Convert a decoded register value to engineering units.
+
+        ``scale_factor`` is the SunSpec power of ten read from ``scale_factor_address``.
+        """
         if isinstance(raw, bool):
             return float(raw)
-        return raw * self.scale + self.offset
+        return raw * self.scale * 10.0**scale_factor + self.offset
+
+    def to_raw(self, value, scale_factor=0):
+        """Convert an engineering value to the register value before encoding, the inverse of to_engineering."""
+        return (value - self.offset) / (self.scale * 10.0**scale_factor)

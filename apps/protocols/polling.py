@@ -1,13 +1,17 @@
 """Polling of due devices in the current tenant schema.
 
-One call polls every device that is due, concurrently on one asyncio event
-loop, and hands all samples to telemetry ingest in one batch. A device that
-does not answer is marked offline and polled again after an exponential
-back-off; nothing a device does can raise out of ``poll_due_devices``.
+One call polls every device that is due, concurrently on an asyncio event
+loop in a thread of its own, and stores each device's samples as soon as its
+poll ends, so a slow device never holds back the others. Each poll has a
+time budget; a device that does not answer within it is marked offline and
+polled again after an exponential back-off. Nothing a device does can raise
+out of ``poll_due_devices``.
 """
 
 import asyncio
 import logging
+import queue
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -15,6 +19,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import DateTimeField, ExpressionWrapper, F, Value
+from django.db.models.functions import Least
 from django.utils import timezone
 
 from apps.telemetry.ingest import ingest
@@ -29,12 +34,23 @@ logger = logging.getLogger(__name__)
 
 # Devices polled at once per task; more would only queue inside the event loop.
 MAX_CONCURRENT_POLLS = 200
+# Longest time one device's poll may take, in seconds. It stays below the poll
+# task's soft time limit (30 s) so that a hung device cannot stop the task.
+MAX_POLL_SECONDS = 20.0
+# Requests of one poll that may each take a full timeout before the budget ends.
+REQUESTS_PER_BUDGET = 4
+
+
+def poll_budget(device):
+    """Return the seconds the poll of ``device`` may take before it counts as failed."""
+    return min(device.timeout * REQUESTS_PER_BUDGET, MAX_POLL_SECONDS)
 
 
 @dataclass
 class PollOutcome:
     device: Device
     samples: list = field(default_factory=list)
+    point_errors: dict = field(default_factory=dict)
     error: str = ""
     unreachable: bool = False
     duration_ms: float = 0.0
@@ -48,11 +64,15 @@ class PollSummary:
 
 
 def claim_due_devices(now=None):
-    """Lock the due devices, move their next poll one interval ahead and return them.
+    """Lock the due devices, lease them for the length of a poll and return them.
 
-    SKIP LOCKED lets two workers run this at once without polling a device twice.
+    The lease moves ``next_poll_at`` past the end of the poll's time budget,
+    so no other worker claims a device while it is still being polled;
+    finishing the poll sets the real next poll time. SKIP LOCKED lets two
+    workers claim at the same moment without waiting for each other.
     """
     now = now or timezone.now()
+    second = Value(timedelta(seconds=1))
     with transaction.atomic():
         due_ids = list(
             Device.objects.due(now).select_for_update(skip_locked=True).values_list("id", flat=True)
@@ -61,7 +81,9 @@ def claim_due_devices(now=None):
             return []
         Device.objects.filter(id__in=due_ids).update(
             next_poll_at=ExpressionWrapper(
-                Value(now) + F("poll_interval") * Value(timedelta(seconds=1)), output_field=DateTimeField()
+                Value(now)
+                + (F("poll_interval") + Least(F("timeout") * REQUESTS_PER_BUDGET, Value(MAX_POLL_SECONDS))) * second,
+                output_field=DateTimeField(),
             )
         )
     devices = list(Device.objects.filter(id__in=due_ids))
@@ -77,13 +99,43 @@ def claim_due_devices(now=None):
 def poll_due_devices(now=None):
     """Poll the due devices of the current schema, store their samples and update their status."""
     schema = connection.schema_name
-    devices = claim_due_devices(now)
+    claimed_at = now or timezone.now()
+    devices = claim_due_devices(claimed_at)
     summary = PollSummary()
     if not devices:
         return summary
 
-    outcomes = asyncio.run(_poll_all(devices))
+    outcomes = queue.SimpleQueue()
+    poller = threading.Thread(
+        target=_run_polls, args=(devices, outcomes), name=f"poll-{schema}", daemon=True
+    )
+    poller.start()
+    finished = False
+    while not finished:
+        # Store whatever has arrived in one ingest call, then wait for more.
+        ready = [outcomes.get()]
+        while True:
+            try:
+                ready.append(outcomes.get_nowait())
+            except queue.Empty:
+                break
+        finished = ready[-1] is None
+        _store_outcomes(schema, [outcome for outcome in ready if outcome is not None], claimed_at, summary)
+    poller.join()
+    return summary
 
+
+def _run_polls(devices, outcomes):
+    try:
+        asyncio.run(_poll_all(devices, outcomes.put))
+    except Exception:
+        logger.exception("Poll loop failed for %d devices", len(devices))
+    finally:
+        # The end marker tells the storing side that no outcome follows.
+        outcomes.put(None)
+
+
+def _store_outcomes(schema, outcomes, claimed_at, summary):
     samples = []
     for outcome in outcomes:
         samples.extend(outcome.samples)
@@ -91,32 +143,39 @@ def poll_due_devices(now=None):
         summary.failed += bool(outcome.error)
     if samples:
         result = ingest(schema, samples)
-        summary.samples = result.accepted
+        summary.samples += result.accepted
         for rejection in result.rejected:
             logger.warning("Schema %s: poll sample of sensor %s rejected: %s", schema, rejection.sensor_id, rejection.reason)
     for outcome in outcomes:
-        _record_status(outcome)
-    return summary
+        _record_status(outcome, claimed_at)
+        if not outcome.error:
+            _record_point_errors(outcome)
 
 
-async def _poll_all(devices):
+async def _poll_all(devices, report):
     limit = asyncio.Semaphore(MAX_CONCURRENT_POLLS)
 
     async def poll_with_limit(device):
         async with limit:
-            return await poll_device(device)
+            report(await poll_device(device))
 
-    return await asyncio.gather(*(poll_with_limit(device) for device in devices))
+    await asyncio.gather(*(poll_with_limit(device) for device in devices))
 
 
 async def poll_device(device):
     """Read all enabled points of ``device``; errors end up in the outcome, never raised."""
     outcome = PollOutcome(device)
     started = time.perf_counter()
+    budget = poll_budget(device)
     try:
         driver = get_driver(device.protocol)(device)
-        async with driver:
-            outcome.samples = await driver.read(device.enabled_points)
+        async with asyncio.timeout(budget):
+            async with driver:
+                outcome.samples = await driver.read(device.enabled_points)
+                outcome.point_errors = driver.point_errors
+    except TimeoutError:
+        outcome.error = f"Poll of {device.host}:{device.port} did not finish within {budget:g} s."
+        outcome.unreachable = True
     except DeviceUnreachable as exc:
         outcome.error = str(exc)
         outcome.unreachable = True
@@ -128,18 +187,22 @@ async def poll_device(device):
     return outcome
 
 
-def _record_status(outcome):
+def _record_status(outcome, claimed_at):
     device = outcome.device
+    schema = connection.schema_name
     now = timezone.now()
     if not outcome.error:
         if device.status != DeviceStatus.ONLINE:
-            logger.info("Device %s (id %s) is online", device.name, device.id)
+            logger.info("Schema %s: device %s (id %s) is online", schema, device.name, device.id)
+        # Keep the cadence from the claim; a poll that overran its interval is due at once.
+        next_poll_at = max(claimed_at + timedelta(seconds=device.poll_interval), now)
         Device.objects.filter(pk=device.pk).update(
             status=DeviceStatus.ONLINE,
             last_seen=now,
             last_error="",
             last_poll_duration_ms=outcome.duration_ms,
             consecutive_failures=0,
+            next_poll_at=next_poll_at,
         )
         return
 
@@ -147,8 +210,8 @@ def _record_status(outcome):
     backoff = min(device.poll_interval * 2 ** min(failures, 16), settings.PROTOCOLS_MAX_BACKOFF_SECONDS)
     status = DeviceStatus.OFFLINE if outcome.unreachable else DeviceStatus.ERROR
     logger.warning(
-        "Device %s (id %s) poll failed (%d in a row, next try in %.0f s): %s",
-        device.name, device.id, failures, backoff, outcome.error,
+        "Schema %s: device %s (id %s) poll failed (%d in a row, next try in %.0f s): %s",
+        schema, device.name, device.id, failures, backoff, outcome.error,
     )
     if device.status != status:
         _store_comm_lost(device, now)
@@ -160,6 +223,15 @@ def _record_status(outcome):
         error_count=F("error_count") + 1,
         next_poll_at=now + timedelta(seconds=backoff),
     )
+
+
+def _record_point_errors(outcome):
+    """Store why points read bad, and clear the reason of points that read good again."""
+    for point_id, message in outcome.point_errors.items():
+        Point.objects.filter(pk=point_id).exclude(last_error=message).update(last_error=message[:2000])
+    Point.objects.filter(device_id=outcome.device.pk).exclude(pk__in=list(outcome.point_errors)).exclude(
+        last_error=""
+    ).update(last_error="")
 
 
 def _store_comm_lost(device, now):

@@ -24,11 +24,14 @@ def tenant_for_host(host):
         domain = Domain.objects.select_related("tenant").filter(domain=host).first()
     if domain is None or domain.tenant.schema_name == get_public_schema_name():
         return None
+    if domain.tenant.is_suspended:
+        logger.info("WebSocket to suspended tenant schema=%s rejected", domain.tenant.schema_name)
+        return None
     return domain.tenant
 
 
 class TenantWebSocketMiddleware:
-    """Put the tenant of the Host header into ``scope["tenant"]``; refuse unknown hosts."""
+    """Put the tenant of the Host header into ``scope["tenant"]``; reject unknown hosts and suspended tenants."""
 
     def __init__(self, inner):
         self.inner = inner

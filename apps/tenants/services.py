@@ -4,15 +4,21 @@ import logging
 
 from django.contrib.auth import get_user_model
 from django.db import transaction
+from django.utils import timezone
 from django_tenants.utils import get_public_schema_name, schema_context
 
+from apps.accounts.choices import Role
+from apps.audit.choices import ActorType, AuditAction
+from apps.audit.services import Actor, record
+
+from .choices import TenantStatus
 from .models import Domain, Tenant, schema_name_validator
 
 logger = logging.getLogger(__name__)
 
 
 def provision_tenant(*, schema_name, name, domain, admin_username, admin_password, admin_email=""):
-    """Create a tenant with its schema, its primary domain and a first admin user.
+    """Create a tenant with its schema, its primary domain and a first user with the Admin role.
 
     The schema is created and migrated by django-tenants when the tenant is
     saved. When any later step fails, the tenant row and its schema are
@@ -31,8 +37,9 @@ def provision_tenant(*, schema_name, name, domain, admin_username, admin_passwor
         with transaction.atomic():
             Domain.objects.create(domain=domain, tenant=tenant, is_primary=True)
         with schema_context(schema_name), transaction.atomic():
-            get_user_model().objects.create_superuser(
-                username=admin_username, email=admin_email, password=admin_password
+            get_user_model().objects.create_user(
+                username=admin_username, email=admin_email, password=admin_password,
+                role=Role.ADMIN, is_staff=True,
             )
     except Exception:
         logger.exception("Provisioning tenant schema=%s failed; dropping its schema", schema_name)
@@ -58,3 +65,43 @@ def ensure_public_tenant(domain):
         Domain.objects.create(domain=domain, tenant=tenant, is_primary=not tenant.domains.exists())
         logger.info("Platform admin is served on %s", domain)
     return tenant
+
+
+def _record_lifecycle(tenant, event, actor, detail):
+    # The audit trail lives in the tenant's schema; the actor is a platform user of the public schema.
+    platform_actor = Actor(ActorType.USER, str(actor.pk), f"platform:{actor.get_username()}")
+    with schema_context(tenant.schema_name):
+        record(AuditAction.TENANT_LIFECYCLE, actor=platform_actor, detail={"event": event, **detail})
+
+
+def suspend_tenant(tenant, *, actor, reason):
+    """Suspend a tenant: its domains return 403, its WebSockets are refused and beat stops polling it.
+
+    The data stays. Return False when the tenant was already suspended.
+    """
+    if not reason.strip():
+        raise ValueError(f"Give a reason for suspending tenant {tenant.schema_name!r}; it is shown in the audit log.")
+    with transaction.atomic():
+        changed = Tenant.objects.filter(pk=tenant.pk, status=TenantStatus.ACTIVE).update(
+            status=TenantStatus.SUSPENDED, suspended_at=timezone.now(), suspension_reason=reason
+        )
+        if changed:
+            _record_lifecycle(tenant, "suspended", actor, {"reason": reason})
+    tenant.refresh_from_db(fields=["status", "suspended_at", "suspension_reason"])
+    if changed:
+        logger.info("Suspended tenant schema=%s by platform user %s", tenant.schema_name, actor.pk)
+    return bool(changed)
+
+
+def resume_tenant(tenant, *, actor):
+    """Serve a suspended tenant again; return False when it was not suspended."""
+    with transaction.atomic():
+        changed = Tenant.objects.filter(pk=tenant.pk, status=TenantStatus.SUSPENDED).update(
+            status=TenantStatus.ACTIVE, suspended_at=None, suspension_reason=""
+        )
+        if changed:
+            _record_lifecycle(tenant, "resumed", actor, {})
+    tenant.refresh_from_db(fields=["status", "suspended_at", "suspension_reason"])
+    if changed:
+        logger.info("Resumed tenant schema=%s by platform user %s", tenant.schema_name, actor.pk)
+    return bool(changed)

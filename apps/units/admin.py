@@ -1,5 +1,7 @@
 from django.contrib import admin
 
+from apps.audit.mixins import AuditedModelAdminMixin
+
 from .models import Site, Unit
 
 
@@ -11,14 +13,14 @@ class UnitInline(admin.TabularInline):
 
 
 @admin.register(Site)
-class SiteAdmin(admin.ModelAdmin):
+class SiteAdmin(AuditedModelAdminMixin, admin.ModelAdmin):
     list_display = ("name", "address", "time_zone")
     search_fields = ("name", "address")
     inlines = [UnitInline]
 
 
 @admin.register(Unit)
-class UnitAdmin(admin.ModelAdmin):
+class UnitAdmin(AuditedModelAdminMixin, admin.ModelAdmin):
     list_display = ("name", "site", "kind", "status", "serial_number", "commissioned_on")
     list_filter = ("site", "kind", "status")
     search_fields = ("name", "serial_number", "model", "manufacturer")

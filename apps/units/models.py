@@ -2,6 +2,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
 from .choices import UnitKind, UnitStatus
+from .validators import validate_time_zone
 
 
 class Site(models.Model):
@@ -9,7 +10,9 @@ class Site(models.Model):
 
     name = models.CharField(max_length=200, unique=True)
     address = models.CharField(max_length=300, blank=True)
-    time_zone = models.CharField(max_length=64, default="UTC", help_text="IANA time zone name of the site.")
+    time_zone = models.CharField(
+        max_length=64, default="UTC", validators=[validate_time_zone], help_text="IANA time zone name of the site."
+    )
     latitude = models.FloatField(
         null=True, blank=True, validators=[MinValueValidator(-90), MaxValueValidator(90)]
     )

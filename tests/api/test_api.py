@@ -203,3 +203,57 @@ def test_openapi_schema_and_docs(alpha_api):
     assert schema.status_code == 200
     assert b"/api/v1/sensors/{id}/readings/" in schema.content
     assert docs.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ({"start": "2026-02-30T00:00:00Z"}, "start"),
+        ({"start": "2026-13-45T00:00:00Z"}, "start"),
+        ({"start": "2026-12-04T25:00:00Z"}, "start"),
+        ({"start": "2026-12-04T21:00:00+99:00"}, "start"),
+        ({"end": "0001-01-01T00:30:00Z"}, "end"),
+    ],
+)
+def test_readings_impossible_times_are_400(alpha_api, query, field):
+    sensor = SensorFactory()
+
+    response = alpha_api.get(f"/api/v1/sensors/{sensor.id}/readings/", query)
+
+    assert response.status_code == 400
+    assert field in response.data
+
+
+def test_readings_long_bad_value_is_shortened(alpha_api):
+    sensor = SensorFactory()
+
+    response = alpha_api.get(f"/api/v1/sensors/{sensor.id}/readings/", {"start": "x" * 5000})
+
+    assert response.status_code == 400
+    assert len(str(response.data["start"])) < 300
+
+
+def test_readings_forged_cursor_is_404(alpha_api):
+    sensor = SensorFactory()
+
+    response = alpha_api.get(f"/api/v1/sensors/{sensor.id}/readings/", {"cursor": "cD0yMDI2"})
+
+    assert response.status_code == 404
+    assert "cursor" in str(response.data["detail"]).lower()
+
+
+def test_delete_site_with_units_is_409(alpha_api):
+    unit = UnitFactory(name="Boiler 7")
+
+    response = alpha_api.delete(f"/api/v1/sites/{unit.site_id}/")
+
+    assert response.status_code == 409
+    assert "Boiler 7" in response.data["detail"]
+    assert "delete or reassign them first" in response.data["detail"]
+
+
+def test_openapi_schema_documents_bearer_tokens(alpha_api):
+    response = alpha_api.get("/api/schema/", {"format": "json"})
+
+    schemes = response.json()["components"]["securitySchemes"]
+    assert schemes["jwtAuth"]["scheme"] == "bearer"

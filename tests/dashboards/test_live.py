@@ -76,3 +76,66 @@ async def test_websocket_unknown_host_is_refused():
     connected, _ = await communicator.connect()
 
     assert not connected
+
+
+def _bearer_socket(path, token):
+    return WebsocketCommunicator(
+        application, path,
+        headers=[(b"host", TENANT_DOMAINS["alpha"].encode()), (b"authorization", f"Bearer {token}".encode())],
+    )
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("query", "code"),
+    [("unit=abc", 4400), ("format=xml", 4400), ("unit=99999999", 4404)],
+)
+async def test_websocket_bad_query_closes_with_code(query, code):
+    from asgiref.sync import sync_to_async
+
+    from tests.conftest import access_token_for, admin_of
+
+    token = await sync_to_async(lambda: access_token_for("alpha", admin_of("alpha")))()
+    communicator = _bearer_socket(f"/ws/live/?{query}", token)
+
+    connected, _ = await communicator.connect()
+    closed = await communicator.receive_output(timeout=5)
+
+    assert connected
+    assert closed["type"] == "websocket.close"
+    assert closed["code"] == code
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db
+async def test_websocket_unknown_path_closes_4404():
+    from asgiref.sync import sync_to_async
+
+    from tests.conftest import access_token_for, admin_of
+
+    token = await sync_to_async(lambda: access_token_for("alpha", admin_of("alpha")))()
+    communicator = _bearer_socket("/ws/other/", token)
+
+    connected, _ = await communicator.connect()
+    closed = await communicator.receive_output(timeout=5)
+
+    assert connected
+    assert closed["code"] == 4404
+
+
+@pytest.mark.parametrize(
+    ("origin", "host", "scheme", "expected"),
+    [
+        ("http://alpha.localhost:8000", "alpha.localhost:8000", "ws", True),
+        ("https://alpha.localhost", "alpha.localhost", "wss", True),
+        ("null", "alpha.localhost:8000", "ws", False),
+        ("", "alpha.localhost:8000", "ws", False),
+        ("https://alpha.localhost:8000", "alpha.localhost:8000", "ws", False),
+        ("http://evil.example:8000", "alpha.localhost:8000", "ws", False),
+    ],
+)
+def test_same_origin_rules(origin, host, scheme, expected):
+    from apps.accounts.asgi import same_origin
+
+    assert same_origin(origin, host, scheme) is expected

@@ -4,8 +4,8 @@ import pytest
 from django.utils import timezone
 
 from apps.protocols.choices import DeviceStatus
-from apps.protocols.models import Device
-from apps.protocols.polling import poll_due_devices
+from apps.protocols.models import Device, Point
+from apps.protocols.polling import MAX_POLL_SECONDS, claim_due_devices, poll_budget, poll_due_devices
 from apps.protocols.simulator.demo import configure_demo_plant
 from apps.protocols.simulator.plant import PLANT
 from apps.sensors.models import Sensor
@@ -128,3 +128,92 @@ def test_demo_plant_setup_is_idempotent(alpha, plant_simulator):
 
     assert Device.objects.count() == len(PLANT)
     assert Sensor.objects.count() == sum(len(unit.points) for unit in PLANT)
+
+
+def test_point_error_names_exception_and_clears(alpha, register_server):
+    device = DeviceFactory(port=register_server.port, unit_id=1)
+    good = PointFactory(device=device, address=0, data_type="uint16", sensor=SensorFactory(minimum=0, maximum=100))
+    missing = PointFactory(device=device, address=5000, data_type="uint16", sensor=SensorFactory(minimum=None))
+
+    poll_due_devices()
+    missing.refresh_from_db()
+    good.refresh_from_db()
+    first_error = missing.last_error
+
+    Point.objects.filter(pk=missing.pk).update(address=10)
+    Device.objects.filter(pk=device.pk).update(next_poll_at=timezone.now())
+    poll_due_devices()
+    missing.refresh_from_db()
+
+    assert first_error == "holding 5000: exception 2 (illegal data address)"
+    assert good.last_error == ""
+    assert missing.last_error == ""
+    assert Reading.objects.filter(sensor=missing.sensor, quality=Quality.GOOD).count() == 1
+
+
+@pytest.fixture
+def silent_server():
+    """A TCP port whose connections open but never get an answer, like a hung gateway."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    yield listener.getsockname()[1]
+    listener.close()
+
+
+def test_silent_device_goes_offline_and_others_store(alpha, plant_simulator, silent_server):
+    healthy = DeviceFactory(port=plant_simulator, unit_id=1, timeout=0.5)
+    PointFactory(device=healthy, sensor=SensorFactory(minimum=-50, maximum=150))
+    silent = DeviceFactory(port=silent_server, timeout=0.3)
+    PointFactory(device=silent)
+
+    summary = poll_due_devices()
+
+    healthy.refresh_from_db()
+    silent.refresh_from_db()
+    assert summary.polled == 2
+    assert summary.failed == 1
+    assert healthy.status == DeviceStatus.ONLINE
+    assert silent.status == DeviceStatus.OFFLINE
+    assert str(silent_server) in silent.last_error
+
+
+def test_claim_leases_device_during_poll(alpha):
+    device = DeviceFactory(poll_interval=2, timeout=1)
+    start = timezone.now()
+
+    first = claim_due_devices(start)
+    during_poll = claim_due_devices(start + timedelta(seconds=5))
+
+    device.refresh_from_db()
+    assert [claimed.id for claimed in first] == [device.id]
+    assert during_poll == []
+    assert device.next_poll_at == start + timedelta(seconds=2 + poll_budget(device))
+
+
+def test_poll_budget_is_capped(alpha):
+    assert poll_budget(DeviceFactory.build(timeout=1)) == 4
+    assert poll_budget(DeviceFactory.build(timeout=60)) == MAX_POLL_SECONDS
+
+
+def test_successful_poll_keeps_cadence(alpha, plant_simulator):
+    device = DeviceFactory(port=plant_simulator, unit_id=1, poll_interval=5)
+    PointFactory(device=device, sensor=SensorFactory(minimum=-50, maximum=150))
+    start = timezone.now()
+
+    poll_due_devices(start)
+
+    device.refresh_from_db()
+    assert device.next_poll_at == start + timedelta(seconds=5)
+
+
+def test_subscription_devices_are_not_polled(alpha):
+    for protocol in ("mqtt", "opcua", "dnp3"):
+        DeviceFactory(protocol=protocol, port=free_port())
+
+    summary = poll_due_devices()
+
+    assert summary.polled == 0
+    assert set(Device.objects.values_list("status", flat=True)) == {DeviceStatus.UNKNOWN}

@@ -239,6 +239,7 @@ def test_plant_step_rejects_non_positive_dt(dt):
 
 
 @pytest.mark.asyncio
+@pytest.mark.slow
 async def test_server_points_within_range():
     async with PlantServer(Plant(seed=7), host=HOST, port=0, update_interval=UPDATE_INTERVAL) as server:
         client = AsyncModbusTcpClient(HOST, port=server.port)
@@ -256,6 +257,7 @@ async def test_server_points_within_range():
 
 
 @pytest.mark.asyncio
+@pytest.mark.slow
 async def test_server_values_change_between_updates():
     async with PlantServer(Plant(seed=8), host=HOST, port=0, update_interval=UPDATE_INTERVAL) as server:
         client = AsyncModbusTcpClient(HOST, port=server.port)
@@ -280,6 +282,7 @@ async def test_server_values_change_between_updates():
 
 
 @pytest.mark.asyncio
+@pytest.mark.slow
 async def test_server_energy_balance_over_modbus():
     plant = Plant(seed=12)
     for _ in range(300):
@@ -303,6 +306,7 @@ async def test_server_energy_balance_over_modbus():
 
 
 @pytest.mark.asyncio
+@pytest.mark.slow
 async def test_server_coil_and_run_status_agree():
     plant = Plant(seed=13)
     # With this seed the boiler has stopped after 171 s while the other units run.
@@ -323,6 +327,7 @@ async def test_server_coil_and_run_status_agree():
 
 
 @pytest.mark.asyncio
+@pytest.mark.slow
 async def test_server_port_in_use_raises_oserror():
     async with PlantServer(Plant(seed=1), host=HOST, port=0) as first:
         second = PlantServer(Plant(seed=1), host=HOST, port=first.port)
@@ -342,6 +347,7 @@ def test_server_port_before_start():
 
 
 @pytest.mark.asyncio
+@pytest.mark.slow
 async def test_serve_plant_until_cancelled(caplog):
     port = free_port()
     ready = asyncio.Event()

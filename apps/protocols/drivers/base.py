@@ -15,11 +15,17 @@ class DeviceUnreachable(Exception):
     """The device did not answer: refused connection, timeout or broken link."""
 
 
+class WriteRejected(Exception):
+    """The device answered a write with an error, so the setpoint was not taken."""
+
+
 class Driver(ABC):
     protocol = None
 
     def __init__(self, device):
         self.device = device
+        # Why each point of the last read() got bad quality, by point id, for Point.last_error.
+        self.point_errors = {}
 
     async def __aenter__(self):
         await self.connect()
@@ -38,11 +44,40 @@ class Driver(ABC):
 
     @abstractmethod
     async def write(self, point, value):
-        """Write an engineering ``value`` to ``point``."""
+        """Write an engineering ``value`` to ``point`` and return the value the device should now hold.
+
+        The returned value is ``value`` after encoding, so it differs where the point's data type
+        cannot represent ``value`` exactly (rounded integers, float32). Raise WriteRejected when
+        the device rejects the write and ValueError when ``value`` cannot be encoded.
+        """
 
     @abstractmethod
     async def close(self):
         """Close the connection; safe to call when it is already closed."""
+
+
+class SubscriptionDriver(Driver):
+    """A driver whose device or broker pushes values, run by the gateway instead of the poller.
+
+    ``schema`` is the tenant schema the connection belongs to; drivers use it in client ids
+    and log messages, never to reach the database.
+    """
+
+    def __init__(self, device, *, schema=""):
+        super().__init__(device)
+        self.schema = schema
+        # Whether the connection is up now, and whether it was up at any time since connect().
+        self.connected = False
+        self.was_connected = False
+
+    @abstractmethod
+    async def run(self, points, deliver):
+        """Deliver samples of ``points`` as they arrive until the connection fails.
+
+        Call ``deliver(samples)`` from the event loop. Return only when cancelled; raise
+        DeviceUnreachable when the connection is lost, so the gateway can reconnect with back-off.
+        Keep ``connected`` and ``was_connected`` up to date.
+        """
 
 
 def register_driver(cls):

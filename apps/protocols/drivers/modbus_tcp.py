@@ -3,7 +3,8 @@
 Nearby points of the same register table are read in one request of at most
 125 registers (2000 bits). When a device answers a block with an exception,
 the points of that block are read one by one, so that only the points the
-device really rejects are marked bad.
+device really rejects are marked bad. SunSpec scale-factor registers are read
+in the same pass as the points that use them.
 """
 
 import asyncio
@@ -19,9 +20,11 @@ from apps.telemetry.samples import Sample
 
 from ..choices import DataType, RegisterType
 from ..modbus.codec import decode_registers, encode_value, is_not_implemented
-from .base import DeviceUnreachable, Driver, register_driver
+from .base import DeviceUnreachable, Driver, WriteRejected, register_driver
 
 logger = logging.getLogger(__name__)
+
+BIT_REGISTER_TYPES = (RegisterType.COIL, RegisterType.DISCRETE)
 
 MAX_REGISTERS_PER_REQUEST = 125
 MAX_BITS_PER_REQUEST = 2000
@@ -42,6 +45,31 @@ EXCEPTION_NAMES = {
 }
 
 
+# SunSpec limits scale factors to -10..10; 0x8000 (-32768) means "not implemented".
+SCALE_FACTOR_RANGE = range(-10, 11)
+SCALE_FACTOR_NOT_IMPLEMENTED = -0x8000
+
+TRANSPORT_ERRORS = (ConnectionException, ModbusIOException, asyncio.TimeoutError, OSError)
+
+
+@dataclass(frozen=True)
+class ScaleFactorRead:
+    """A SunSpec scale-factor register (int16) that one or more points refer to."""
+
+    register_type: str
+    address: int
+    register_count: int = 1
+
+
+@dataclass
+class ReadResult:
+    """Words or bits read for one point, or the exception code of the device's response."""
+
+    time: datetime
+    values: list | None = None
+    exception_code: int | None = None
+
+
 @dataclass
 class Block:
     register_type: str
@@ -57,7 +85,7 @@ def plan_blocks(points):
     for point in points:
         by_table.setdefault(point.register_type, []).append(point)
     for register_type, table_points in by_table.items():
-        limit = MAX_BITS_PER_REQUEST if register_type in (RegisterType.COIL, RegisterType.DISCRETE) else MAX_REGISTERS_PER_REQUEST
+        limit = MAX_BITS_PER_REQUEST if register_type in BIT_REGISTER_TYPES else MAX_REGISTERS_PER_REQUEST
         table_points.sort(key=lambda point: point.address)
         current = None
         for point in table_points:
@@ -77,11 +105,14 @@ class ModbusTcpDriver(Driver):
 
     def __init__(self, device):
         super().__init__(device)
-        self.client = AsyncModbusTcpClient(
-            device.host, port=device.port, timeout=device.timeout, retries=0, reconnect_delay=0
-        )
+        self.client = None
 
     async def connect(self):
+        if self.client is None:
+            # The pymodbus client binds to the running event loop, so it is made here and not in __init__.
+            self.client = AsyncModbusTcpClient(
+                self.device.host, port=self.device.port, timeout=self.device.timeout, retries=0, reconnect_delay=0
+            )
         if self.client.connected:
             return
         try:
@@ -94,29 +125,57 @@ class ModbusTcpDriver(Driver):
             )
 
     async def close(self):
-        self.client.close()
+        if self.client is not None:
+            self.client.close()
 
     async def read(self, points):
+        self.point_errors = {}
+        points = list(points)
+        scale_factors = {
+            (point.register_type, point.scale_factor_address): ScaleFactorRead(
+                point.register_type, point.scale_factor_address
+            )
+            for point in points
+            if point.scale_factor_address is not None
+        }
+        items = points + list(scale_factors.values())
+
+        # Keyed by id() because unsaved points have no hash.
+        results = {}
+        for block in plan_blocks(items):
+            results.update(await self._read_block(block))
+
         samples = []
-        for block in plan_blocks(points):
-            samples.extend(await self._read_block(block))
+        for point in points:
+            scale_factor_read = scale_factors.get((point.register_type, point.scale_factor_address))
+            scale_factor_result = results[id(scale_factor_read)] if scale_factor_read else None
+            samples.append(self._sample(point, results[id(point)], scale_factor_result))
         return samples
 
     async def _read_block(self, block):
+        """Read one block and return a ReadResult for each of its items, keyed by id()."""
         response = await self._request(block.register_type, block.start, block.count)
         now = datetime.now(timezone.utc)
         if not response.isError():
-            return [self._decode(point, response, block.start, now) for point in block.points]
+            values = response.bits if block.register_type in BIT_REGISTER_TYPES else response.registers
+            return {
+                id(item): ReadResult(
+                    now, values=list(values[item.address - block.start : item.address - block.start + item.register_count])
+                )
+                for item in block.points
+            }
         if len(block.points) == 1:
-            return [self._exception_sample(block.points[0], response, now)]
+            return {id(block.points[0]): ReadResult(now, exception_code=response.exception_code)}
         logger.debug(
-            "Device %s rejected block %s %d+%d (code %s); reading its points one by one",
-            self.device.name, block.register_type, block.start, block.count, response.exception_code,
+            "Device %s (id %s) rejected block %s %d+%d (code %s); reading its points one by one",
+            self.device.name, self.device.id, block.register_type, block.start, block.count, response.exception_code,
         )
-        samples = []
-        for point in block.points:
-            samples.extend(await self._read_block(Block(point.register_type, point.address, point.register_count, [point])))
-        return samples
+        results = {}
+        for item in block.points:
+            results.update(
+                await self._read_block(Block(item.register_type, item.address, item.register_count, [item]))
+            )
+        return results
 
     async def _request(self, register_type, address, count):
         unit = self.device.unit_id
@@ -129,49 +188,137 @@ class ModbusTcpDriver(Driver):
                 return await self.client.read_coils(address, count=count, device_id=unit)
             if register_type == RegisterType.DISCRETE:
                 return await self.client.read_discrete_inputs(address, count=count, device_id=unit)
-        except (ConnectionException, ModbusIOException, asyncio.TimeoutError, OSError) as exc:
+        except TRANSPORT_ERRORS as exc:
             raise DeviceUnreachable(
                 f"No response from {self.device.host}:{self.device.port} unit {unit} "
                 f"to {register_type} {address}+{count}: {exc}"
             ) from exc
         raise ValueError(f"Unknown register type {register_type!r}; use holding, input, coil or discrete.")
 
-    def _decode(self, point, response, block_start, now):
-        offset = point.address - block_start
-        if point.register_type in (RegisterType.COIL, RegisterType.DISCRETE):
-            return Sample(point.sensor_id, now, float(bool(response.bits[offset])), Quality.GOOD)
-        registers = response.registers[offset : offset + point.register_count]
-        if point.data_type != DataType.BIT and is_not_implemented(registers, point.data_type, point.byte_order):
-            return Sample(point.sensor_id, now, None, Quality.BAD_NOT_IMPLEMENTED)
-        raw = decode_registers(registers, point.data_type, point.byte_order, bit=point.bit)
-        return Sample(point.sensor_id, now, point.to_engineering(raw), Quality.GOOD)
+    def _sample(self, point, result, scale_factor_result):
+        if result.exception_code is not None:
+            return self._bad(point, result.time, Quality.BAD_DEVICE_EXCEPTION, _exception_text(result.exception_code))
 
-    def _exception_sample(self, point, response, now):
-        code = response.exception_code
+        if point.register_type in BIT_REGISTER_TYPES:
+            return Sample(point.sensor_id, result.time, float(bool(result.values[0])), Quality.GOOD)
+
+        registers = result.values
+        # A status word of a non-SunSpec device may have all 16 bits set, so bits skip the marker check.
+        if point.data_type != DataType.BIT and is_not_implemented(registers, point.data_type, point.byte_order):
+            return self._bad(
+                point, result.time, Quality.BAD_NOT_IMPLEMENTED,
+                f"registers {_hex(registers)} are the 'not implemented' marker of {point.data_type}",
+            )
+
+        scale_factor = 0
+        if scale_factor_result is not None:
+            scale_factor, quality, reason = _scale_factor(point, scale_factor_result)
+            if reason:
+                return self._bad(point, result.time, quality, reason)
+
+        raw = decode_registers(registers, point.data_type, point.byte_order, bit=point.bit)
+        return Sample(point.sensor_id, result.time, point.to_engineering(raw, scale_factor), Quality.GOOD)
+
+    def _bad(self, point, now, quality, reason):
+        message = f"{point.register_type} {point.address}: {reason}"
+        self.point_errors[point.pk] = message
         logger.warning(
-            "Device %s answered %s %d with exception %s (%s)",
-            self.device.name, point.register_type, point.address, code, EXCEPTION_NAMES.get(code, "unknown"),
+            "Device %s (id %s) point %s (sensor %s): %s", self.device.name, self.device.id, point.pk,
+            point.sensor_id, message,
         )
-        return Sample(point.sensor_id, now, None, Quality.BAD_DEVICE_EXCEPTION)
+        return Sample(point.sensor_id, now, None, quality)
 
     async def write(self, point, value):
-        unit = self.device.unit_id
         if point.register_type in (RegisterType.INPUT, RegisterType.DISCRETE):
-            raise ValueError(f"{point.register_type} {point.address} is read-only; write to a holding register or coil.")
-        try:
-            if point.register_type == RegisterType.COIL:
-                response = await self.client.write_coil(point.address, bool(value), device_id=unit)
-            else:
-                raw = (value - point.offset) / point.scale
-                if point.data_type not in (DataType.FLOAT32, DataType.FLOAT64):
-                    raw = round(raw)
-                registers = encode_value(raw, point.data_type, point.byte_order)
-                response = await self.client.write_registers(point.address, registers, device_id=unit)
-        except (ConnectionException, ModbusIOException, asyncio.TimeoutError, OSError) as exc:
-            raise DeviceUnreachable(f"Write to {self.device.name} {point.address} failed: {exc}") from exc
-        if response.isError():
-            code = response.exception_code
             raise ValueError(
-                f"Device {self.device.name} rejected the write to {point.register_type} {point.address} "
-                f"with exception {code} ({EXCEPTION_NAMES.get(code, 'unknown')})."
+                f"{point.register_type} {point.address} is read-only; write to a holding register or coil."
             )
+        if point.register_type == RegisterType.COIL:
+            await self._checked(self.client.write_coil(point.address, bool(value), device_id=self.device.unit_id),
+                                point, "write")
+            return float(bool(value))
+        if point.data_type == DataType.BIT:
+            return await self._write_bit(point, bool(value))
+
+        scale_factor = await self._read_scale_factor(point) if point.scale_factor_address is not None else 0
+        raw = point.to_raw(value, scale_factor)
+        if point.data_type not in (DataType.FLOAT32, DataType.FLOAT64):
+            raw = round(raw)
+        registers = encode_value(raw, point.data_type, point.byte_order)
+        unit = self.device.unit_id
+        if len(registers) == 1:
+            request = self.client.write_register(point.address, registers[0], device_id=unit)
+        else:
+            request = self.client.write_registers(point.address, registers, device_id=unit)
+        await self._checked(request, point, "write")
+        return point.to_engineering(decode_registers(registers, point.data_type, point.byte_order), scale_factor)
+
+    async def _write_bit(self, point, state):
+        """Set one bit by reading its register and writing it back, which changes no other bit.
+
+        NOTE: a write to the same register by another master between the read and the write is lost.
+        Mask write (function 22) would avoid that, but many devices do not implement it.
+        """
+        unit = self.device.unit_id
+        response = await self._checked(
+            self.client.read_holding_registers(point.address, count=1, device_id=unit), point, "read before write"
+        )
+        word = response.registers[0]
+        mask = 1 << point.bit
+        # BADC stores the register with its two bytes swapped, so bit n sits at n ^ 8.
+        if point.byte_order in ("BADC", "DCBA"):
+            mask = 1 << (point.bit ^ 8)
+        word = (word | mask) if state else (word & ~mask & 0xFFFF)
+        await self._checked(self.client.write_register(point.address, word, device_id=unit), point, "write")
+        return float(state)
+
+    async def _read_scale_factor(self, point):
+        response = await self._checked(
+            self._request(point.register_type, point.scale_factor_address, 1), point, "scale-factor read"
+        )
+        scale_factor, _, reason = _scale_factor(point, ReadResult(None, values=list(response.registers)))
+        if reason:
+            raise WriteRejected(f"Cannot scale the setpoint for {point.register_type} {point.address}: {reason}.")
+        return scale_factor
+
+    async def _checked(self, request, point, action):
+        """Await a request and return its response; raise on a transport error or an exception response."""
+        try:
+            response = await request
+        except TRANSPORT_ERRORS as exc:
+            raise DeviceUnreachable(
+                f"{action.capitalize()} of {point.register_type} {point.address} on device {self.device.name} "
+                f"failed: {exc}"
+            ) from exc
+        if response.isError():
+            raise WriteRejected(
+                f"Device {self.device.name} rejected the {action} of {point.register_type} {point.address} "
+                f"with {_exception_text(response.exception_code)}."
+            )
+        return response
+
+
+def _scale_factor(point, result):
+    """Return (scale factor, quality, reason); the reason is empty when the scale factor is usable."""
+    address = point.scale_factor_address
+    if result.exception_code is not None:
+        return 0, Quality.BAD_DEVICE_EXCEPTION, (
+            f"scale-factor register {address} answered {_exception_text(result.exception_code)}"
+        )
+    scale_factor = decode_registers(result.values, "int16")
+    if scale_factor == SCALE_FACTOR_NOT_IMPLEMENTED:
+        return 0, Quality.BAD_NOT_IMPLEMENTED, f"scale-factor register {address} is not implemented (0x8000)"
+    if scale_factor not in SCALE_FACTOR_RANGE:
+        return 0, Quality.BAD_CONFIGURATION, (
+            f"scale-factor register {address} holds {scale_factor}, outside the SunSpec range -10 to 10; "
+            "check scale_factor_address"
+        )
+    return scale_factor, Quality.GOOD, ""
+
+
+def _exception_text(code):
+    return f"exception {code} ({EXCEPTION_NAMES.get(code, 'unknown exception code')})"
+
+
+def _hex(registers):
+    return "[" + ", ".join(f"0x{word:04X}" for word in registers) + "]"

@@ -7,6 +7,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 from django_tenants.utils import schema_context
 
+from apps.accounts.choices import Role
 from apps.protocols.simulator.demo import configure_demo_plant
 from apps.tenants.models import Tenant
 from apps.tenants.services import provision_tenant
@@ -37,12 +38,11 @@ class Command(BaseCommand):
         else:
             # The old password cannot be shown again, so a rerun sets the new one.
             with schema_context(schema):
-                user, _ = get_user_model().objects.get_or_create(
-                    username="admin", defaults={"is_staff": True, "is_superuser": True}
-                )
+                user, _ = get_user_model().objects.get_or_create(username="admin", defaults={"is_staff": True})
                 user.set_password(password)
                 user.is_active = True
-                user.save(update_fields=["password", "is_active"])
+                user.role = Role.ADMIN
+                user.save(update_fields=["password", "is_active", "role"])
         with schema_context(schema):
             try:
                 configure_demo_plant(

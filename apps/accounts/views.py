@@ -1,0 +1,75 @@
+"""Account endpoints of the API: token issue and logout, one's own profile and API keys."""
+
+from rest_framework import generics, mixins, status, viewsets
+from rest_framework.exceptions import AuthenticationFailed
+from rest_framework.response import Response
+from rest_framework_simplejwt import views as jwt_views
+
+from .models import ApiKey
+from .roles import Capability
+from .serializers import ApiKeySerializer, ProfileSerializer
+from .services import create_api_key, revoke_api_key, update_profile
+
+LOCKOUT_MESSAGE = (
+    "Too many failed logins for this user name from this address; wait for the lockout to expire "
+    "or ask a tenant admin to unlock the account."
+)
+
+
+class TokenObtainPairView(jwt_views.TokenObtainPairView):
+    """Issue an access and refresh token pair; failed attempts count towards the login lockout."""
+
+    def post(self, request, *args, **kwargs):
+        try:
+            return super().post(request, *args, **kwargs)
+        except AuthenticationFailed:
+            # django-axes flags the DRF request it was given, not the Django
+            # request its middleware checks, so the lockout response is built here.
+            if getattr(request, "axes_locked_out", False):
+                return Response({"detail": LOCKOUT_MESSAGE}, status=status.HTTP_429_TOO_MANY_REQUESTS)
+            raise
+
+
+class LogoutView(jwt_views.TokenBlacklistView):
+    """Blacklist the given refresh token, so it can no longer be refreshed.
+
+    Access tokens issued from it stay valid until they expire
+    (SIMPLE_JWT ACCESS_TOKEN_LIFETIME, 5 minutes by default).
+    """
+
+
+class ProfileView(generics.RetrieveUpdateAPIView):
+    """Show and change one's own name and e-mail address; role and flags cannot be changed here."""
+
+    serializer_class = ProfileSerializer
+    any_role_allowed = True
+    http_method_names = ["get", "patch", "head", "options"]
+
+    def get_object(self):
+        return self.request.user
+
+    def perform_update(self, serializer):
+        update_profile(self.request.user, actor=self.request.user, changes=serializer.validated_data)
+
+
+class ApiKeyViewSet(mixins.CreateModelMixin, mixins.DestroyModelMixin, viewsets.ReadOnlyModelViewSet):
+    """List, create and revoke API keys of machine clients; DELETE revokes, the row is kept."""
+
+    queryset = ApiKey.objects.select_related("user", "created_by")
+    serializer_class = ApiKeySerializer
+    lookup_field = "prefix"
+    required_capability = Capability.MANAGE_USERS
+
+    def create(self, request, *args, **kwargs):
+        serializer = self.get_serializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        api_key, key = create_api_key(
+            name=serializer.validated_data["name"],
+            role=serializer.validated_data["user"]["role"],
+            expiry_date=serializer.validated_data.get("expiry_date"),
+            actor=request.user,
+        )
+        return Response({**ApiKeySerializer(api_key).data, "key": key}, status=status.HTTP_201_CREATED)
+
+    def perform_destroy(self, instance):
+        revoke_api_key(instance, actor=self.request.user)

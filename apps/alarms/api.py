@@ -1,0 +1,270 @@
+"""REST endpoints of alarm rules and alarms; the API app registers them with its router."""
+
+import logging
+from dataclasses import asdict
+from datetime import timedelta
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.utils import timezone
+from django_filters import rest_framework as filters
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.permissions import BasePermission, IsAuthenticated
+from rest_framework.response import Response
+
+from apps.audit.mixins import AuditedModelViewSetMixin
+
+from .choices import AlarmState, Priority
+from .kpis import compute_kpis
+from .models import Alarm, AlarmRule, AlarmTransition
+from .permissions import can_handle_alarms
+from .services import (
+    MAX_SHELVE_DURATION,
+    AlarmActionError,
+    acknowledge_alarm,
+    shelve_alarm,
+    unshelve_alarm,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_KPI_WINDOW = timedelta(days=1)
+
+
+class CanHandleAlarms(BasePermission):
+    """Allow acknowledging and shelving alarms."""
+
+    message = "You may not acknowledge or shelve alarms; ask an administrator for the permission."
+
+    def has_permission(self, request, view):
+        return can_handle_alarms(request.user)
+
+
+class AlarmRuleSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = AlarmRule
+        fields = (
+            "id",
+            "sensor",
+            "condition",
+            "limit",
+            "deadband",
+            "on_delay",
+            "off_delay",
+            "realarm_after",
+            "stale_after",
+            "alarm_state_value",
+            "priority",
+            "message",
+            "rationale",
+            "enabled",
+            "in_service",
+            "created_at",
+        )
+        read_only_fields = ("in_service", "created_at")
+
+    def validate(self, attrs):
+        attrs = super().validate(attrs)
+        current = {}
+        if self.instance is not None:
+            current = {
+                field.name: getattr(self.instance, field.name)
+                for field in AlarmRule._meta.concrete_fields
+                if not field.primary_key
+            }
+        try:
+            AlarmRule(**{**current, **attrs}).clean()
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError(serializers.as_serializer_error(exc)) from exc
+        return attrs
+
+
+class AlarmTransitionSerializer(serializers.ModelSerializer):
+    actor = serializers.SlugRelatedField(slug_field="username", read_only=True)
+
+    class Meta:
+        model = AlarmTransition
+        fields = ("time", "recorded_at", "action", "from_state", "to_state", "actor", "comment", "value")
+
+
+class AlarmSerializer(serializers.ModelSerializer):
+    sensor = serializers.IntegerField(source="rule.sensor_id", read_only=True)
+    acknowledged_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    shelved_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+
+    class Meta:
+        model = Alarm
+        fields = (
+            "id",
+            "rule",
+            "sensor",
+            "unit",
+            "priority",
+            "message",
+            "state",
+            "condition_active",
+            "condition_started_at",
+            "activated_at",
+            "activation_value",
+            "returned_at",
+            "acknowledged_at",
+            "acknowledged_by",
+            "shelved_until",
+            "shelve_reason",
+            "shelved_by",
+            "closed_at",
+            "backfilled",
+        )
+        read_only_fields = fields
+
+
+class AlarmDetailSerializer(AlarmSerializer):
+    transitions = AlarmTransitionSerializer(many=True, read_only=True)
+
+    class Meta(AlarmSerializer.Meta):
+        fields = (*AlarmSerializer.Meta.fields, "transitions")
+        read_only_fields = fields
+
+
+class AlarmCommentSerializer(serializers.Serializer):
+    comment = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
+
+
+class ShelveSerializer(serializers.Serializer):
+    comment = serializers.CharField(max_length=500, help_text="Why the alarm is shelved.")
+    until = serializers.DateTimeField(required=False, help_text="When the shelving ends (ISO 8601 with offset).")
+    minutes = serializers.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=int(MAX_SHELVE_DURATION.total_seconds() // 60),
+        help_text="How long the shelving lasts, instead of until.",
+    )
+
+    def validate(self, attrs):
+        if ("until" in attrs) == ("minutes" in attrs):
+            raise serializers.ValidationError(
+                "Give either until (a timestamp) or minutes (a duration), not both or neither."
+            )
+        if "minutes" in attrs:
+            attrs["until"] = timezone.now() + timedelta(minutes=attrs.pop("minutes"))
+        return attrs
+
+
+class KpiWindowSerializer(serializers.Serializer):
+    start = serializers.DateTimeField(required=False)
+    end = serializers.DateTimeField(required=False)
+
+
+class AlarmFilter(filters.FilterSet):
+    active = filters.BooleanFilter(method="filter_active", help_text="Only alarms whose condition is active now.")
+    unacknowledged = filters.BooleanFilter(
+        method="filter_unacknowledged", help_text="Only alarms waiting for an acknowledgement."
+    )
+    priority = filters.MultipleChoiceFilter(choices=Priority.choices)
+    state = filters.MultipleChoiceFilter(choices=AlarmState.choices)
+    activated_after = filters.IsoDateTimeFilter(field_name="activated_at", lookup_expr="gte")
+    activated_before = filters.IsoDateTimeFilter(field_name="activated_at", lookup_expr="lt")
+
+    class Meta:
+        model = Alarm
+        fields = ("unit", "rule", "backfilled")
+
+    def filter_active(self, queryset, name, value):
+        active = Alarm.objects.active()
+        return queryset.filter(pk__in=active) if value else queryset.exclude(pk__in=active)
+
+    def filter_unacknowledged(self, queryset, name, value):
+        unacknowledged = Alarm.objects.unacknowledged()
+        return queryset.filter(pk__in=unacknowledged) if value else queryset.exclude(pk__in=unacknowledged)
+
+
+class AlarmRuleViewSet(AuditedModelViewSetMixin, viewsets.ModelViewSet):
+    queryset = AlarmRule.objects.select_related("sensor")
+    serializer_class = AlarmRuleSerializer
+    filter_backends = (filters.DjangoFilterBackend,)
+    filterset_fields = ("sensor", "condition", "priority", "enabled")
+
+
+class AlarmViewSet(viewsets.ReadOnlyModelViewSet):
+    """Alarm occurrences, newest first, with the operator actions acknowledge, shelve and unshelve."""
+
+    queryset = Alarm.objects.select_related("rule", "acknowledged_by", "shelved_by")
+    serializer_class = AlarmSerializer
+    filter_backends = (filters.DjangoFilterBackend,)
+    filterset_class = AlarmFilter
+
+    def get_queryset(self):
+        queryset = super().get_queryset()
+        if self.action == "retrieve":
+            queryset = queryset.prefetch_related("transitions__actor")
+        return queryset
+
+    def get_serializer_class(self):
+        if self.action == "retrieve":
+            return AlarmDetailSerializer
+        return super().get_serializer_class()
+
+    @extend_schema(request=AlarmCommentSerializer, responses=AlarmSerializer)
+    @action(detail=True, methods=["post"], permission_classes=[IsAuthenticated, CanHandleAlarms])
+    def acknowledge(self, request, pk=None):
+        """Acknowledge the alarm; 409 when it is not unacknowledged, e.g. another operator was first."""
+        payload = self._validated(AlarmCommentSerializer, request)
+        return self._perform(acknowledge_alarm, actor=request.user, comment=payload["comment"])
+
+    @extend_schema(request=ShelveSerializer, responses=AlarmSerializer)
+    @action(detail=True, methods=["post"], permission_classes=[IsAuthenticated, CanHandleAlarms])
+    def shelve(self, request, pk=None):
+        """Shelve the alarm with a reason until a time or for some minutes (at most one day)."""
+        payload = self._validated(ShelveSerializer, request)
+        return self._perform(shelve_alarm, actor=request.user, until=payload["until"], comment=payload["comment"])
+
+    @extend_schema(request=AlarmCommentSerializer, responses=AlarmSerializer)
+    @action(detail=True, methods=["post"], permission_classes=[IsAuthenticated, CanHandleAlarms])
+    def unshelve(self, request, pk=None):
+        """Return a shelved alarm to the alarm list, or close it when its condition has cleared."""
+        payload = self._validated(AlarmCommentSerializer, request)
+        return self._perform(unshelve_alarm, actor=request.user, comment=payload["comment"])
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter(
+                "start",
+                OpenApiTypes.DATETIME,
+                description="Inclusive start (ISO 8601 with offset); default one day before end.",
+            ),
+            OpenApiParameter(
+                "end", OpenApiTypes.DATETIME, description="Exclusive end (ISO 8601 with offset); default now."
+            ),
+        ],
+        responses=OpenApiTypes.OBJECT,
+    )
+    @action(detail=False, methods=["get"])
+    def kpis(self, request):
+        """Return the alarm KPIs of [start, end): rates, flood, chattering, stale alarms, bad actors, priorities."""
+        window = KpiWindowSerializer(data=request.query_params)
+        window.is_valid(raise_exception=True)
+        end = window.validated_data.get("end") or timezone.now()
+        start = window.validated_data.get("start") or end - DEFAULT_KPI_WINDOW
+        if start >= end:
+            raise serializers.ValidationError(
+                {"start": [f"start {start.isoformat()} must be before end {end.isoformat()}."]}
+            )
+        return Response(asdict(compute_kpis(start, end)))
+
+    def _validated(self, serializer_class, request):
+        serializer = serializer_class(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        return serializer.validated_data
+
+    def _perform(self, service, **arguments):
+        alarm = self.get_object()
+        try:
+            service(alarm, **arguments)
+        except AlarmActionError as exc:
+            # The alarm's state does not allow the action, e.g. another operator acknowledged it first.
+            logger.info("Alarm action on alarm %s by user %s rejected: %s", alarm.pk, self.request.user.pk, exc)
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        alarm = self.get_queryset().get(pk=alarm.pk)
+        return Response(AlarmSerializer(alarm).data)

@@ -1,0 +1,57 @@
+"""WebSocket push of alarm changes to the clients watching a unit, sent after commit."""
+
+import logging
+from functools import partial
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.db import connection, transaction
+
+logger = logging.getLogger(__name__)
+
+ALARM_MESSAGE_TYPE = "alarm.update"
+
+
+def unit_group(schema, unit_id):
+    # Same name as the dashboards' unit groups, which this app may not import.
+    return f"{schema}.unit.{unit_id}"
+
+
+def alarm_payload(alarm):
+    """Return the JSON-ready description of an occurrence that the alarm banner shows."""
+    return {
+        "id": alarm.pk,
+        "rule": alarm.rule_id,
+        "sensor": alarm.rule.sensor_id,
+        "unit": alarm.unit_id,
+        "message": alarm.message,
+        "priority": alarm.priority,
+        "priority_label": alarm.get_priority_display(),
+        "state": alarm.state,
+        "state_label": alarm.get_state_display(),
+        "condition_active": alarm.condition_active,
+        "condition_started_at": alarm.condition_started_at.isoformat(),
+        "activated_at": alarm.activated_at.isoformat(),
+        "returned_at": alarm.returned_at.isoformat() if alarm.returned_at else None,
+        "acknowledged_at": alarm.acknowledged_at.isoformat() if alarm.acknowledged_at else None,
+        "acknowledged_by": alarm.acknowledged_by.get_username() if alarm.acknowledged_by else None,
+        "shelved_until": alarm.shelved_until.isoformat() if alarm.shelved_until else None,
+        "backfilled": alarm.backfilled,
+    }
+
+
+def push_alarm_after_commit(alarm):
+    """Send the occurrence's new state to its unit's group once the current transaction commits."""
+    schema = connection.schema_name
+    transaction.on_commit(partial(send_alarm_update, schema, alarm.unit_id, alarm_payload(alarm)))
+
+
+def send_alarm_update(schema, unit_id, payload):
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    try:
+        async_to_sync(layer.group_send)(unit_group(schema, unit_id), {"type": ALARM_MESSAGE_TYPE, "alarm": payload})
+    except Exception:
+        # The change is committed and stays in the alarm list; only the live banner misses it.
+        logger.exception("Pushing alarm %s to unit %s of schema %s failed", payload["id"], unit_id, schema)

@@ -1,0 +1,337 @@
+"""Hash chain of audit entries: canonical form, entry hash, link checks and offline export verification.
+
+This module imports only the standard library, so an auditor can copy this
+one file and verify an export without ThermaCore or Django:
+
+    python chain.py audit-alpha.csv audit-alpha.manifest.json
+
+The database verifier and the export verifier both feed entries through
+`find_first_break`, so they judge a chain by the same rules.
+
+An entry's hash is the SHA-256, in lowercase hex, of the UTF-8 bytes of a
+canonical JSON object holding the fields in HASHED_FIELDS: keys sorted, no
+insignificant whitespace, non-ASCII characters kept as they are. The first
+entry of a tenant's chain has GENESIS_HASH as its previous hash.
+"""
+
+import argparse
+import csv
+import hashlib
+import ipaddress
+import json
+import sys
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+GENESIS_HASH = "0" * 64
+
+HASHED_FIELDS = (
+    "tenant",
+    "sequence",
+    "time",
+    "actor_type",
+    "actor_id",
+    "actor_name",
+    "source_ip",
+    "user_agent",
+    "request_id",
+    "action",
+    "object_type",
+    "object_id",
+    "object_repr",
+    "outcome",
+    "changes",
+    "detail",
+    "previous_hash",
+)
+
+# Columns of CSV exports and keys of JSON export entries, in this order.
+EXPORT_COLUMNS = (
+    "sequence", "time", "tenant", "actor_type", "actor_id", "actor_name", "source_ip", "user_agent", "request_id",
+    "action", "object_type", "object_id", "object_repr", "outcome", "changes", "detail", "previous_hash", "hash",
+)
+SUPPORTED_MANIFEST_VERSIONS = (1,)
+
+# Text fields that are never null; a missing value hashes as "".
+_TEXT_FIELDS = {
+    "tenant", "actor_type", "actor_id", "actor_name", "user_agent", "request_id", "action", "object_type",
+    "object_id", "object_repr", "outcome", "previous_hash",
+}
+_JSON_FIELDS = {"changes", "detail"}
+
+
+class BreakKind:
+    EDITED = "edited"
+    DELETED = "deleted"
+    INSERTED = "inserted"
+    OUT_OF_ORDER = "out_of_order"
+    ANCHOR_MISMATCH = "anchor_mismatch"
+
+
+@dataclass(frozen=True)
+class ChainBreak:
+    """The first place where a chain stops proving its own integrity."""
+
+    sequence: int
+    kind: str
+    message: str
+
+
+def canonical_time(value):
+    """Return a timestamp as UTC ISO 8601 with microseconds and a Z suffix."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if value.tzinfo is None:
+        raise ValueError(f"Audit time {value.isoformat()!r} has no UTC offset; entries are stored in UTC.")
+    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def canonical_ip(value):
+    """Return an IP address in its compressed standard form, or None when there is none."""
+    if value in (None, ""):
+        return None
+    return ipaddress.ip_address(value).compressed
+
+
+def canonical_content(entry):
+    """Return the hashed fields of an entry (a mapping) in canonical types."""
+    content = {}
+    for name in HASHED_FIELDS:
+        value = entry.get(name)
+        if name == "sequence":
+            value = int(value)
+        elif name == "time":
+            value = canonical_time(value)
+        elif name == "source_ip":
+            value = canonical_ip(value)
+        elif name in _JSON_FIELDS:
+            value = _normalise_numbers(json.loads(value) if isinstance(value, str) else (value or {}))
+        elif name in _TEXT_FIELDS:
+            value = "" if value is None else str(value)
+        content[name] = value
+    return content
+
+
+def _normalise_numbers(value):
+    # PostgreSQL's jsonb keeps numbers as decimals and hands 1e20 back as an
+    # integer, so integral floats hash as integers on both sides.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {key: _normalise_numbers(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_normalise_numbers(item) for item in value]
+    return value
+
+
+def canonical_json(content):
+    return json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def entry_hash(entry):
+    """Return the SHA-256 hex digest of an entry's canonical content, which includes its previous hash."""
+    return hashlib.sha256(canonical_json(canonical_content(entry)).encode("utf-8")).hexdigest()
+
+
+def find_first_break(entries, *, contiguous=True, anchors=None):
+    """Return the first ChainBreak in entries (ordered by sequence), or None when the chain is intact.
+
+    With contiguous=True the entries must be the whole chain from sequence 1,
+    so a gap means deleted entries. With contiguous=False (a filtered export)
+    gaps are expected and links are checked only between neighbouring
+    sequences; every entry's own hash is still checked.
+
+    `anchors` maps sequences to hashes known from earlier, e.g. from an
+    export manifest. A chain rewritten from some entry on, with every hash
+    recomputed, is consistent by itself, so only such an anchor reveals it.
+    """
+    anchors = {int(sequence): value for sequence, value in (anchors or {}).items()}
+    previous = None
+    for entry in entries:
+        sequence = int(entry["sequence"])
+        if sequence in anchors and anchors.pop(sequence) != entry["hash"]:
+            return ChainBreak(
+                sequence, BreakKind.ANCHOR_MISMATCH,
+                f"Entry {sequence} has hash {entry['hash']}, but an earlier record of the chain gives a different "
+                "hash for it: the chain was rewritten from here or earlier.",
+            )
+        recomputed = entry_hash(entry)
+        if recomputed != entry["hash"]:
+            return ChainBreak(
+                sequence, BreakKind.EDITED,
+                f"Entry {sequence} was edited: its content hashes to {recomputed}, not to its stored hash "
+                f"{entry['hash']}.",
+            )
+
+        if previous is None:
+            if contiguous and sequence != 1:
+                return ChainBreak(
+                    sequence, BreakKind.DELETED,
+                    f"Entries 1 to {sequence - 1} are missing: the chain starts at entry {sequence}.",
+                )
+            if sequence == 1 and entry["previous_hash"] != GENESIS_HASH:
+                return ChainBreak(
+                    sequence, BreakKind.INSERTED,
+                    f"Entry 1 does not start the chain: its previous hash is {entry['previous_hash']}, "
+                    f"not {GENESIS_HASH}.",
+                )
+        else:
+            previous_sequence = int(previous["sequence"])
+            if sequence <= previous_sequence:
+                return ChainBreak(
+                    sequence, BreakKind.OUT_OF_ORDER,
+                    f"Entry {sequence} comes after entry {previous_sequence}: entries are out of order or duplicated.",
+                )
+            if sequence == previous_sequence + 1 and entry["previous_hash"] != previous["hash"]:
+                return ChainBreak(
+                    sequence, BreakKind.INSERTED,
+                    f"Entry {sequence} does not link to entry {previous_sequence}: it names {entry['previous_hash']} "
+                    f"as previous hash, but entry {previous_sequence} hashes to {previous['hash']}. An entry was "
+                    "inserted, replaced or moved here.",
+                )
+            if contiguous and sequence > previous_sequence + 1:
+                return ChainBreak(
+                    sequence, BreakKind.DELETED,
+                    f"Entries {previous_sequence + 1} to {sequence - 1} are missing between entry "
+                    f"{previous_sequence} and entry {sequence}.",
+                )
+        previous = entry
+
+    if anchors and contiguous:
+        missing = min(anchors)
+        last = int(previous["sequence"]) if previous else 0
+        return ChainBreak(
+            missing, BreakKind.DELETED,
+            f"Entry {missing} is known from an earlier record of the chain, but the chain ends at entry {last}: "
+            "entries were deleted from its end.",
+        )
+    return None
+
+
+class ExportInvalid(Exception):
+    """An exported file does not match its manifest or does not contain an intact chain; the message names the entry or field."""
+
+
+def _sha256_of_file(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as export:
+        for block in iter(lambda: export.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_csv_entries(path):
+    with open(path, newline="", encoding="utf-8") as export:
+        reader = csv.reader(export)
+        header = next(reader, None)
+        if tuple(header or ()) != EXPORT_COLUMNS:
+            raise ExportInvalid(f"{path}: the header is {header!r}, expected the columns {', '.join(EXPORT_COLUMNS)}.")
+        for line_number, values in enumerate(reader, start=2):
+            if len(values) != len(EXPORT_COLUMNS):
+                raise ExportInvalid(f"{path}, line {line_number}: {len(values)} columns, expected {len(EXPORT_COLUMNS)}.")
+            entry = dict(zip(EXPORT_COLUMNS, values))
+            entry["sequence"] = int(entry["sequence"])
+            entry["changes"] = json.loads(entry["changes"])
+            entry["detail"] = json.loads(entry["detail"])
+            yield entry
+
+
+def _read_json_entries(path):
+    # Exports put "[" on the first line, then one entry object per line, then "]".
+    with open(path, encoding="utf-8") as export:
+        for line_number, line in enumerate(export, start=1):
+            text = line.strip().rstrip(",")
+            if text in ("[", "]", ""):
+                continue
+            entry = json.loads(text)
+            if not isinstance(entry, dict) or set(entry) != set(EXPORT_COLUMNS):
+                raise ExportInvalid(f"{path}, line {line_number}: not an entry object with keys {', '.join(EXPORT_COLUMNS)}.")
+            yield entry
+
+
+def verify_export(export_path, manifest_path):
+    """Check an exported file against its manifest and check the chain it contains; return a one-line summary.
+
+    Raises ExportInvalid at the first problem: a changed file, entries that
+    are missing or do not hash to their recorded values, broken links, or
+    ends that differ from the manifest.
+    """
+    with open(manifest_path, encoding="utf-8") as manifest_file:
+        manifest = json.load(manifest_file)
+    if manifest.get("manifest_version") not in SUPPORTED_MANIFEST_VERSIONS:
+        raise ExportInvalid(
+            f"{manifest_path}: manifest_version {manifest.get('manifest_version')!r} is not supported; "
+            f"this verifier reads versions {SUPPORTED_MANIFEST_VERSIONS}."
+        )
+
+    actual = _sha256_of_file(export_path)
+    if actual != manifest["file_sha256"]:
+        raise ExportInvalid(
+            f"{export_path} has SHA-256 {actual}, but the manifest gives {manifest['file_sha256']}: "
+            "the file was changed or belongs to another export."
+        )
+
+    reader = {"csv": _read_csv_entries, "json": _read_json_entries}.get(manifest["format"])
+    if reader is None:
+        raise ExportInvalid(f"{manifest_path}: unknown format {manifest['format']!r}; expected csv or json.")
+    seen = {"count": 0, "first": None, "last": None}
+
+    def entries():
+        for entry in reader(export_path):
+            if entry["tenant"] != manifest["tenant"]:
+                raise ExportInvalid(
+                    f"Entry {entry['sequence']} belongs to tenant {entry['tenant']!r}, not {manifest['tenant']!r}."
+                )
+            if entry["sequence"] > manifest["through_sequence"]:
+                raise ExportInvalid(
+                    f"Entry {entry['sequence']} lies beyond the export's end at entry {manifest['through_sequence']}."
+                )
+            seen["count"] += 1
+            seen["first"] = seen["first"] or entry
+            seen["last"] = entry
+            yield entry
+
+    try:
+        failure = find_first_break(entries(), contiguous=manifest["contiguous"])
+    except (ValueError, KeyError, TypeError) as exc:
+        # A malformed value (time, address, JSON, sequence) in a row of the file.
+        raise ExportInvalid(
+            f"{export_path}: entry number {seen['count'] + 1} of the file is malformed ({exc!r}); "
+            "the file was changed or is not an audit export."
+        ) from exc
+    if failure is not None:
+        raise ExportInvalid(f"Chain broken at entry {failure.sequence} ({failure.kind}): {failure.message}")
+
+    if seen["count"] != manifest["entry_count"]:
+        raise ExportInvalid(f"The file contains {seen['count']} entries, but the manifest gives {manifest['entry_count']}.")
+    for end, keys in (("first", ("sequence", "previous_hash", "hash")), ("last", ("sequence", "hash"))):
+        expected = manifest[f"{end}_entry"]
+        found = {key: seen[end][key] for key in keys} if seen[end] else None
+        if found != expected:
+            raise ExportInvalid(f"The {end} entry of the file is {found}, but the manifest gives {expected}.")
+    if manifest["contiguous"] and manifest["last_entry"] != manifest["chain_head"]:
+        raise ExportInvalid(
+            f"The export should end at the chain head {manifest['chain_head']}, but ends at {manifest['last_entry']}."
+        )
+
+    return (
+        f"OK: {seen['count']} entries of tenant {manifest['tenant']} through entry {manifest['through_sequence']}, "
+        f"file SHA-256 {actual}"
+    )
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Verify an exported ThermaCore audit trail against its manifest.")
+    parser.add_argument("export", help="The exported .csv or .json file.")
+    parser.add_argument("manifest", help="The manifest (JSON) downloaded with the export.")
+    arguments = parser.parse_args(argv)
+    try:
+        print(verify_export(arguments.export, arguments.manifest))
+    except ExportInvalid as exc:
+        print(f"FAILED: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

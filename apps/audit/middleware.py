@@ -1,0 +1,25 @@
+from django.core.exceptions import PermissionDenied
+
+from .context import request_context
+from .denials import record_permission_denied
+
+
+class AuditContextMiddleware:
+    """Keep the current request's RequestContext for apps.audit.services.record.
+
+    It must come after django-guid's middleware, which sets the request id.
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        with request_context(request):
+            return self.get_response(request)
+
+    def process_exception(self, request, exception):
+        # Django views and the admin raise PermissionDenied; DRF views report theirs through
+        # apps.audit.denials.exception_handler instead.
+        if isinstance(exception, PermissionDenied):
+            record_permission_denied(request, exception)
+        return None

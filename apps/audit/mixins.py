@@ -1,0 +1,92 @@
+"""Mixins that record the creates, updates and deletes of DRF viewsets and Django admin pages.
+
+Both write the audit entry inside the transaction of the change, so an audit
+failure rolls the change back (see apps.audit.services.record).
+"""
+
+from django.db import transaction
+
+from .choices import AuditAction
+from .services import AuditTarget, record, snapshot
+
+
+class AuditedModelViewSetMixin:
+    """Record each create, update (PUT or PATCH) and delete of a ModelViewSet with its field changes.
+
+    Put it before the viewset base: ``class UnitViewSet(AuditedModelViewSetMixin, viewsets.ModelViewSet)``.
+    """
+
+    def perform_create(self, serializer):
+        with transaction.atomic():
+            super().perform_create(serializer)
+            instance = serializer.instance
+            record(
+                AuditAction.OBJECT_CREATED, actor=self.request.user, obj=instance, after=snapshot(instance),
+                request=self.request,
+            )
+
+    def perform_update(self, serializer):
+        with transaction.atomic():
+            # The serializer sets the new values on the instance only when it saves.
+            before = snapshot(serializer.instance)
+            super().perform_update(serializer)
+            instance = serializer.instance
+            record(
+                AuditAction.OBJECT_UPDATED, actor=self.request.user, obj=instance, before=before,
+                after=snapshot(instance), request=self.request,
+            )
+
+    def perform_destroy(self, instance):
+        with transaction.atomic():
+            target, before = AuditTarget.of(instance), snapshot(instance)
+            super().perform_destroy(instance)
+            record(AuditAction.OBJECT_DELETED, actor=self.request.user, obj=target, before=before, request=self.request)
+
+
+class AuditedModelAdminMixin:
+    """Record each add, change and delete made through a ModelAdmin, its inlines and its bulk delete action.
+
+    Put it before the admin base: ``class UnitAdmin(AuditedModelAdminMixin, admin.ModelAdmin)``.
+    """
+
+    def save_model(self, request, obj, form, change):
+        with transaction.atomic():
+            # The form has already set the new values on obj, but the stored row still has the old ones.
+            before = snapshot(type(obj)._default_manager.get(pk=obj.pk)) if change else None
+            super().save_model(request, obj, form, change)
+            record(
+                AuditAction.OBJECT_UPDATED if change else AuditAction.OBJECT_CREATED,
+                actor=request.user, obj=obj, before=before, after=snapshot(obj), request=request,
+            )
+
+    def delete_model(self, request, obj):
+        with transaction.atomic():
+            target, before = AuditTarget.of(obj), snapshot(obj)
+            super().delete_model(request, obj)
+            record(AuditAction.OBJECT_DELETED, actor=request.user, obj=target, before=before, request=request)
+
+    def delete_queryset(self, request, queryset):
+        with transaction.atomic():
+            doomed = [(AuditTarget.of(obj), snapshot(obj)) for obj in queryset]
+            super().delete_queryset(request, queryset)
+            for target, before in doomed:
+                record(AuditAction.OBJECT_DELETED, actor=request.user, obj=target, before=before, request=request)
+
+    def save_formset(self, request, form, formset, change):
+        with transaction.atomic():
+            stored_pks = [inline.instance.pk for inline in formset.forms if inline.instance.pk is not None]
+            stored = formset.model._default_manager.in_bulk(stored_pks)
+            deleted_pks = {inline.instance.pk for inline in formset.deleted_forms if inline.instance.pk is not None}
+            doomed = [(AuditTarget.of(stored[pk]), snapshot(stored[pk])) for pk in sorted(deleted_pks)]
+
+            super().save_formset(request, form, formset, change)
+
+            for obj in formset.new_objects:
+                record(AuditAction.OBJECT_CREATED, actor=request.user, obj=obj, after=snapshot(obj), request=request)
+            for obj, _changed_fields in formset.changed_objects:
+                record(
+                    AuditAction.OBJECT_UPDATED, actor=request.user, obj=obj, before=snapshot(stored[obj.pk]),
+                    after=snapshot(obj), request=request,
+                )
+            for target, before in doomed:
+                record(AuditAction.OBJECT_DELETED, actor=request.user, obj=target, before=before, request=request)

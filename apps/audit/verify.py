@@ -1,0 +1,51 @@
+"""Check a tenant's audit chain in the database."""
+
+from dataclasses import dataclass
+
+from django_tenants.utils import schema_context
+
+from .chain import ChainBreak, find_first_break
+from .models import AuditEntry
+from .services import entry_row
+
+CHUNK_SIZE = 2000
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    """Result of verifying one tenant's chain; `first_break` is None when the chain is intact."""
+
+    schema: str
+    entries_checked: int
+    head_sequence: int | None
+    head_hash: str | None
+    first_break: ChainBreak | None
+
+    @property
+    def intact(self):
+        return self.first_break is None
+
+
+def verify_chain(schema, *, anchors=None):
+    """Verify the audit chain of one tenant schema from its first entry to its head.
+
+    `anchors` maps sequences to hashes recorded earlier (see chain.find_first_break).
+    """
+    counted = {"entries": 0, "last": None}
+
+    def rows():
+        for entry in AuditEntry.objects.in_chain_order().iterator(chunk_size=CHUNK_SIZE):
+            counted["entries"] += 1
+            counted["last"] = entry
+            yield {**entry_row(entry), "tenant": schema}
+
+    with schema_context(schema):
+        first_break = find_first_break(rows(), contiguous=True, anchors=anchors)
+    last = counted["last"]
+    return ChainReport(
+        schema=schema,
+        entries_checked=counted["entries"],
+        head_sequence=last.sequence if last else None,
+        head_hash=last.hash if last else None,
+        first_break=first_break,
+    )

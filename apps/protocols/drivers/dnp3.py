@@ -1,0 +1,313 @@
+"""DNP3 master driver on yadnp3 (opendnp3 bindings), run by the gateway.
+
+The master enables unsolicited responses, polls integrity (class 1, 2, 3 events plus the
+static data in float and flag-carrying variations) every ``integrity_interval`` and, when
+set, the event classes every ``event_poll_interval``. opendnp3 itself reacts to the
+outstation's IIN bits: on "device restart" it clears the bit and runs its startup
+integrity poll, and on "need time" it synchronises the clock when ``time_sync`` is on.
+That startup poll reads events and class 0 in the outstation's default variations, which
+are often integers for analogs, so its integer analog values are dropped and the driver's
+own integrity poll with float variations runs right after it. Later events arrive in the
+variations the outstation is configured for.
+
+opendnp3 calls back from its own threads; samples reach the event loop through
+``call_soon_threadsafe``.
+"""
+
+import asyncio
+import atexit
+import logging
+import threading
+from datetime import datetime, timezone
+
+import opendnp3
+
+from apps.telemetry.quality import Quality
+from apps.telemetry.samples import Sample
+
+from ..dnp3.values import POINT_TYPES, measurement_time, to_sample
+from .base import DeviceUnreachable, SubscriptionDriver, WriteRejected, register_driver
+
+logger = logging.getLogger(__name__)
+
+# Static objects requested by the integrity poll, in variations that carry flags and,
+# for analogs, 32-bit floats, so the values are never truncated to integers.
+INTEGRITY_HEADERS = (
+    (60, 2), (60, 3), (60, 4),  # class 1, 2 and 3 events
+    (1, 2),  # binary inputs with flags
+    (3, 2),  # double-bit binary inputs with flags
+    (10, 2),  # binary output status with flags
+    (20, 1),  # 32-bit counters with flags
+    (21, 1),  # 32-bit frozen counters with flags
+    (30, 5),  # analog inputs, single-precision float with flags
+    (40, 3),  # analog output status, single-precision float with flags
+)
+# Analog variations that carry integers: static groups 30 and 40, events of groups 32 and 42.
+INTEGER_ANALOG_VARIATIONS = {
+    *(f"Group30Var{variation}" for variation in (1, 2, 3, 4)),
+    *(f"Group32Var{variation}" for variation in (1, 2, 3, 4)),
+    *(f"Group40Var{variation}" for variation in (1, 2)),
+    *(f"Group42Var{variation}" for variation in (1, 2, 3, 4)),
+}
+CHANNEL_RETRY_MIN_MS = 500
+# "None" is a Python keyword, so the member is looked up by name.
+TIME_SYNC_OFF = opendnp3.TimeSyncMode.__members__["None"]
+
+_manager = None
+_manager_lock = threading.Lock()
+
+
+def dnp3_manager():
+    """Return the process's opendnp3 manager, which owns the I/O threads of every channel."""
+    global _manager
+    with _manager_lock:
+        if _manager is None:
+            _manager = opendnp3.DNP3Manager(1)
+            atexit.register(_manager.Shutdown)
+        return _manager
+
+
+@register_driver
+class Dnp3Driver(SubscriptionDriver):
+    protocol = "dnp3"
+
+    def __init__(self, device, *, schema=""):
+        super().__init__(device, schema=schema)
+        self.channel = None
+        self.master = None
+        self.points_by_address = {}
+        self.restart_count = 0
+        self.latest = {}
+        self._restart_flagged = False
+        # Touched only on opendnp3's thread, which runs task callbacks and Process in order.
+        self.in_startup_poll = False
+        self._deliver = None
+        self._loop = None
+        self._opened = None
+        self._lost = None
+        # opendnp3 keeps only references; keeping the Python objects alive is our job.
+        self._callbacks = ()
+
+    @property
+    def address(self):
+        return f"{self.device.host}:{self.device.port}"
+
+    async def connect(self):
+        if self.channel is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._opened = self._loop.create_future()
+        self._lost = self._loop.create_future()
+        listener = _ChannelListener(self)
+        soe_handler = _SoeHandler(self)
+        application = _MasterApplication(self)
+        self._callbacks = (listener, soe_handler, application)
+
+        retry = opendnp3.ChannelRetry(
+            opendnp3.TimeDuration.Milliseconds(CHANNEL_RETRY_MIN_MS),
+            opendnp3.TimeDuration.Milliseconds(max(CHANNEL_RETRY_MIN_MS, int(self.device.timeout * 1000))),
+        )
+        channel_id = f"{self.schema}-device-{self.device.pk}"
+        self.channel = dnp3_manager().AddTCPClient(
+            channel_id, opendnp3.LogLevels(0), retry, [opendnp3.IPEndpoint(self.device.host, self.device.port)],
+            "0.0.0.0", listener,
+        )
+        self.master = self.channel.AddMaster(channel_id, soe_handler, application, self._master_config())
+        self.master.AddScan(_seconds(self.device.integrity_interval), _integrity_headers(), soe_handler)
+        if self.device.event_poll_interval:
+            self.master.AddClassScan(
+                opendnp3.ClassField.AllEventClasses(), _seconds(self.device.event_poll_interval), soe_handler
+            )
+        self.master.Enable()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._opened), self.device.timeout)
+        except asyncio.TimeoutError:
+            raise DeviceUnreachable(
+                f"Cannot connect to DNP3 outstation {self.address} within {self.device.timeout} s."
+            ) from None
+
+    async def run(self, points, deliver):
+        self._deliver = deliver
+        self.points_by_address = {}
+        for point in points:
+            self.points_by_address.setdefault((point.dnp3_type, point.dnp3_index), []).append(point)
+        await self.connect()
+        reason = await self._lost
+        raise DeviceUnreachable(f"Connection to DNP3 outstation {self.address} lost: {reason}")
+
+    async def read(self, points):
+        """Return the latest value received for each point since connect; bad for points with none yet."""
+        self.point_errors = {}
+        samples = []
+        now = datetime.now(timezone.utc)
+        for point in points:
+            sample = self.latest.get(point.sensor_id)
+            if sample is None:
+                self.point_errors[point.pk] = f"no {point.dnp3_type} {point.dnp3_index} received since connect"
+                sample = Sample(point.sensor_id, now, None, Quality.BAD)
+            samples.append(sample)
+        return samples
+
+    async def write(self, point, value):
+        # TODO: send control relay output blocks and analog outputs (direct operate) with read-back.
+        raise WriteRejected(f"Point {point.pk} is a DNP3 point; DNP3 setpoints are not supported yet.")
+
+    async def close(self):
+        if self.channel is None:
+            return
+        channel, self.channel, self.master = self.channel, None, None
+        self.connected = False
+        # Shutdown waits for opendnp3's threads, which may be waiting to call back into Python.
+        await asyncio.to_thread(channel.Shutdown)
+
+    def _master_config(self):
+        config = opendnp3.MasterStackConfig()
+        config.master.responseTimeout = _seconds(self.device.timeout)
+        config.master.disableUnsolOnStartup = False
+        config.master.timeSyncMode = opendnp3.TimeSyncMode.LAN if self.device.time_sync else TIME_SYNC_OFF
+        config.link.LocalAddr = self.device.dnp3_master_address
+        config.link.RemoteAddr = self.device.dnp3_outstation_address
+        return config
+
+    # The methods below run on the event loop, scheduled from opendnp3's threads.
+
+    def _on_channel_state(self, state):
+        if state == opendnp3.ChannelState.OPEN:
+            self.connected = True
+            self.was_connected = True
+            logger.info("Schema %s device %s: DNP3 channel to %s open", self.schema, self.device.pk, self.address)
+            _settle(self._opened, None)
+        elif self.connected and state in (opendnp3.ChannelState.CLOSED, opendnp3.ChannelState.OPENING):
+            self.connected = False
+            _settle(self._lost, f"channel {state.name.lower()}")
+
+    def _on_values(self, point_type, measurements, received_at):
+        samples = []
+        for index, raw_value, flags, milliseconds, time_valid in measurements:
+            for point in self.points_by_address.get((point_type, index), ()):
+                when = measurement_time(milliseconds, time_valid, received_at)
+                conversion = to_sample(point, point_type, raw_value, flags, when)
+                if conversion.reason:
+                    logger.warning(
+                        "Schema %s device %s point %s (%s %s): %s",
+                        self.schema, self.device.pk, point.pk, point_type, index, conversion.reason,
+                    )
+                samples.append(conversion.sample)
+                self.latest[point.sensor_id] = conversion.sample
+        if samples and self._deliver is not None:
+            self._deliver(samples)
+
+    def _on_iin(self, device_restart, need_time):
+        if device_restart and not self._restart_flagged:
+            self.restart_count += 1
+            logger.warning(
+                "Schema %s device %s: DNP3 outstation %s restarted (IIN1.7); clearing the bit and polling integrity",
+                self.schema, self.device.pk, self.address,
+            )
+        self._restart_flagged = device_restart
+        if need_time and not self.device.time_sync:
+            logger.info(
+                "Schema %s device %s: outstation %s asks for time (IIN1.4), but time sync is off for this device",
+                self.schema, self.device.pk, self.address,
+            )
+
+    def _on_task(self, task_type, result):
+        logger.debug("Schema %s device %s: DNP3 task %s %s", self.schema, self.device.pk, task_type, result)
+        if task_type == "STARTUP_INTEGRITY_POLL" and result == "SUCCESS" and self.master is not None:
+            # NOTE: an outstation without float variations returns no analogs to this poll, so until
+            # it sends events its analog points keep their last stored values.
+            self.master.Scan(_integrity_headers(), self._callbacks[1])
+
+
+class _ChannelListener(opendnp3.IChannelListener):
+    def __init__(self, driver):
+        super().__init__()
+        self.driver = driver
+
+    def OnStateChange(self, state):
+        _schedule(self.driver, self.driver._on_channel_state, state)
+
+
+class _SoeHandler(opendnp3.ISOEHandler):
+    def __init__(self, driver):
+        super().__init__()
+        self.driver = driver
+
+    def BeginFragment(self, info):
+        pass
+
+    def EndFragment(self, info):
+        pass
+
+    def Process(self, info, values):
+        if self.driver.in_startup_poll and info.gv.name in INTEGER_ANALOG_VARIATIONS:
+            return
+        received_at = datetime.now(timezone.utc)
+        measurements = []
+        point_type = None
+        for item in values:
+            point_type = POINT_TYPES.get(type(item).__name__)
+            if point_type is None:
+                # Octet strings, time-and-interval and security statistics map to no sensor.
+                return
+            value = item.value
+            measurements.append((
+                item.index, value.value, value.flags.value, value.time.value,
+                value.time.quality != opendnp3.TimestampQuality.INVALID,
+            ))
+        if measurements:
+            _schedule(self.driver, self.driver._on_values, point_type, measurements, received_at)
+
+    def OnDeviceAttribute(self, info, set_, variation, value):
+        pass
+
+
+class _MasterApplication(opendnp3.IMasterApplication):
+    def __init__(self, driver):
+        super().__init__()
+        self.driver = driver
+
+    def OnReceiveIIN(self, iin):
+        restart = iin.IsSet(opendnp3.IINBit.DEVICE_RESTART)
+        need_time = iin.IsSet(opendnp3.IINBit.NEED_TIME)
+        _schedule(self.driver, self.driver._on_iin, restart, need_time)
+
+    def OnTaskStart(self, task_type, task_id):
+        if task_type == opendnp3.MasterTaskType.STARTUP_INTEGRITY_POLL:
+            self.driver.in_startup_poll = True
+        _schedule(self.driver, self.driver._on_task, task_type.name, "started")
+
+    def OnTaskComplete(self, info):
+        if info.type == opendnp3.MasterTaskType.STARTUP_INTEGRITY_POLL:
+            self.driver.in_startup_poll = False
+        _schedule(self.driver, self.driver._on_task, info.type.name, info.result.name)
+
+    def OnOpen(self):
+        pass
+
+    def OnClose(self):
+        pass
+
+    def AssignClassDuringStartup(self):
+        return False
+
+
+def _integrity_headers():
+    return [opendnp3.Header.AllObjects(group, variation) for group, variation in INTEGRITY_HEADERS]
+
+
+def _schedule(driver, callback, *args):
+    """Run ``callback`` on the driver's event loop; drop it when the loop is already closed."""
+    try:
+        driver._loop.call_soon_threadsafe(callback, *args)
+    except RuntimeError:
+        logger.debug("Device %s: DNP3 callback %s after the event loop closed", driver.device.pk, callback.__name__)
+
+
+def _seconds(value):
+    return opendnp3.TimeDuration.Milliseconds(int(value * 1000))
+
+
+def _settle(future, reason):
+    if future is not None and not future.done():
+        future.set_result(reason)

@@ -1,0 +1,223 @@
+"""MQTT subscription driver on paho-mqtt 2.
+
+The client uses a fixed client id and a persistent session (clean session off) with
+QoS 1 by default, so the broker queues messages while the gateway reconnects. Paho's own
+reconnect is off: when the link drops, ``run`` raises DeviceUnreachable and the gateway
+reconnects with back-off, subscribing again on every connect.
+
+Paho calls back from its network thread; decoding happens there and the samples are
+handed to the event loop with ``call_soon_threadsafe``.
+"""
+
+import asyncio
+import logging
+import threading
+import time
+from datetime import datetime, timezone
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from apps.telemetry.quality import Quality
+from apps.telemetry.samples import Sample
+
+from ..mqtt.payloads import decode_message
+from .base import DeviceUnreachable, SubscriptionDriver, WriteRejected, register_driver
+
+logger = logging.getLogger(__name__)
+
+KEEPALIVE_SECONDS = 30
+# At most this many malformed-payload warnings per device and minute; the rest are only counted.
+MALFORMED_LOG_LIMIT_PER_MINUTE = 20
+
+
+@register_driver
+class MqttDriver(SubscriptionDriver):
+    protocol = "mqtt"
+
+    def __init__(self, device, *, schema=""):
+        super().__init__(device, schema=schema)
+        self.client = None
+        self.points = []
+        self.latest = {}
+        self.malformed_count = 0
+        self._lock = threading.Lock()
+        self._log_window_start = 0.0
+        self._logged_in_window = 0
+        self._deliver = None
+        self._loop = None
+        self._connect_result = None
+        self._lost = None
+        self._closing = False
+
+    @property
+    def client_id(self):
+        return self.device.client_id or f"thermacore-{self.schema or 'public'}-{self.device.pk}"
+
+    @property
+    def topic_filters(self):
+        return sorted({point.topic for point in self.points})
+
+    async def connect(self):
+        if self.connected:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._connect_result = self._loop.create_future()
+        self._lost = self._loop.create_future()
+        self._closing = False
+        self.client = self._make_client()
+        address = f"{self.device.host}:{self.device.port}"
+        try:
+            await asyncio.wait_for(
+                asyncio.to_thread(self.client.connect, self.device.host, self.device.port, KEEPALIVE_SECONDS),
+                self.device.timeout,
+            )
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise DeviceUnreachable(f"Cannot connect to MQTT broker {address}: {exc or 'timed out'}") from exc
+        self.client.loop_start()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._connect_result), self.device.timeout)
+        except asyncio.TimeoutError:
+            raise DeviceUnreachable(
+                f"MQTT broker {address} did not acknowledge the connection within {self.device.timeout} s."
+            ) from None
+
+    async def run(self, points, deliver):
+        self.points = list(points)
+        self._deliver = deliver
+        await self.connect()
+        reason = await self._lost
+        raise DeviceUnreachable(f"Connection to MQTT broker {self.device.host}:{self.device.port} lost: {reason}")
+
+    async def read(self, points):
+        """Return the latest value received for each point since connect; bad for points with none yet."""
+        self.point_errors = {}
+        samples = []
+        now = datetime.now(timezone.utc)
+        for point in points:
+            sample = self.latest.get(point.sensor_id)
+            if sample is None:
+                self.point_errors[point.pk] = f"no message received on {point.topic!r} since the gateway connected"
+                sample = Sample(point.sensor_id, now, None, Quality.BAD)
+            samples.append(sample)
+        return samples
+
+    async def write(self, point, value):
+        raise WriteRejected(
+            f"Point {point.pk} is an MQTT subscription and takes no setpoints; write through a Modbus or OPC UA point."
+        )
+
+    async def close(self):
+        if self.client is None:
+            return
+        self._closing = True
+        client, self.client = self.client, None
+        self.connected = False
+        # disconnect() and loop_stop() wait for the network thread, so keep them off the event loop.
+        await asyncio.to_thread(_stop_client, client)
+
+    def _make_client(self):
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            clean_session=False,
+            protocol=mqtt.MQTTv311,
+            reconnect_on_failure=False,
+        )
+        if self.device.username:
+            client.username_pw_set(self.device.username, self.device.password or None)
+        if self.device.tls_ca_file:
+            client.tls_set(
+                ca_certs=self.device.tls_ca_file,
+                certfile=self.device.tls_cert_file or None,
+                keyfile=self.device.tls_key_file or None,
+            )
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
+        return client
+
+    # The callbacks below run on paho's network thread.
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties):
+        if reason_code.is_failure:
+            error = DeviceUnreachable(
+                f"MQTT broker {self.device.host}:{self.device.port} refused the connection: {reason_code}"
+            )
+            self._loop.call_soon_threadsafe(_settle, self._connect_result, error)
+            return
+        filters = self.topic_filters
+        logger.info(
+            "Schema %s device %s: connected to MQTT broker %s:%s as %s (session present: %s), subscribing to %s",
+            self.schema, self.device.pk, self.device.host, self.device.port, self.client_id,
+            flags.session_present, ", ".join(filters) or "nothing",
+        )
+        # Subscribing on every connect restores subscriptions that a broker without the session lost.
+        if filters:
+            client.subscribe([(topic, self.device.qos) for topic in filters])
+        else:
+            self._mark_connected()
+
+    def _on_subscribe(self, client, userdata, mid, reason_code_list, properties):
+        for topic, reason_code in zip(self.topic_filters, reason_code_list, strict=False):
+            if reason_code.is_failure:
+                logger.error(
+                    "Schema %s device %s: MQTT broker %s:%s rejected the subscription to %s: %s",
+                    self.schema, self.device.pk, self.device.host, self.device.port, topic, reason_code,
+                )
+        self._mark_connected()
+
+    def _mark_connected(self):
+        self.connected = True
+        self.was_connected = True
+        self._loop.call_soon_threadsafe(_settle, self._connect_result, None)
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties):
+        self.connected = False
+        if self._closing:
+            return
+        self._loop.call_soon_threadsafe(_settle, self._lost, str(reason_code))
+        # A refused connection ends here without a CONNACK; wake connect() too.
+        self._loop.call_soon_threadsafe(
+            _settle, self._connect_result, DeviceUnreachable(f"Disconnected before the CONNACK: {reason_code}")
+        )
+
+    def _on_message(self, client, userdata, message):
+        decoded = decode_message(message.topic, message.payload, self.points, datetime.now(timezone.utc))
+        for reason in decoded.errors:
+            self._count_malformed(message.topic, reason)
+        if decoded.samples:
+            for sample in decoded.samples:
+                self.latest[sample.sensor_id] = sample
+            self._loop.call_soon_threadsafe(self._deliver, decoded.samples)
+
+    def _count_malformed(self, topic, reason):
+        with self._lock:
+            self.malformed_count += 1
+            now = time.monotonic()
+            if now - self._log_window_start >= 60:
+                self._log_window_start = now
+                self._logged_in_window = 0
+            self._logged_in_window += 1
+            log = self._logged_in_window <= MALFORMED_LOG_LIMIT_PER_MINUTE
+        if log:
+            logger.warning(
+                "Schema %s device %s: malformed MQTT payload on %s (%d so far): %s",
+                self.schema, self.device.pk, topic, self.malformed_count, reason,
+            )
+
+
+def _settle(future, outcome):
+    """Resolve ``future`` once: an exception outcome fails it, anything else is its result."""
+    if future is None or future.done():
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
+
+
+def _stop_client(client):
+    client.disconnect()
+    client.loop_stop()

@@ -1,0 +1,139 @@
+"""Write paths of the protocols app: setpoint writes to field devices.
+
+A setpoint write changes the device, not the database, so its audit entry is
+recorded right after the device confirmed (or failed) the write.
+"""
+
+import asyncio
+import logging
+import math
+from dataclasses import dataclass
+
+from apps.accounts.roles import Capability, check_capability
+from apps.audit import services as audit
+from apps.audit.choices import AuditAction, Outcome
+from apps.telemetry.quality import is_bad, quality_label
+
+from .choices import DataType, Protocol, RegisterType
+from .drivers.base import DeviceUnreachable, WriteRejected, get_driver
+
+logger = logging.getLogger(__name__)
+
+
+class SetpointError(Exception):
+    """A setpoint was not written, or the device did not confirm it; the message states why."""
+
+
+class InvalidSetpoint(SetpointError):
+    """The setpoint was rejected before any request went to the device."""
+
+
+@dataclass(frozen=True)
+class SetpointResult:
+    """Outcome of a confirmed setpoint write, in engineering units."""
+
+    point_id: int
+    requested: float
+    written: float
+    read_back: float
+
+
+def write_setpoint(point, value, *, actor):
+    """Write ``value`` (engineering units) to ``point`` and confirm it by reading the point back.
+
+    The value must lie in the sensor's physical range and fit the point's data type; bit and
+    coil points take 0 or 1. Raises PermissionDenied when the role of ``actor`` does not allow
+    setpoint writes and SetpointError when the write is invalid, fails, or reads back another value.
+    """
+    check_capability(actor, Capability.WRITE_SETPOINT)
+    device = point.device
+    value = _checked_value(point, value)
+
+    driver = get_driver(device.protocol)(device)
+    try:
+        written, read_back = asyncio.run(_write_and_read_back(driver, point, value))
+    except (DeviceUnreachable, WriteRejected) as exc:
+        error = SetpointError(f"Setpoint {value} for point {point.pk} was not written: {exc}")
+        _record_failure(point, value, actor, error)
+        raise error from exc
+    except ValueError as exc:
+        raise InvalidSetpoint(f"Setpoint {value} cannot be encoded for point {point.pk}: {exc}") from exc
+
+    if read_back.value is None or is_bad(read_back.quality):
+        reason = driver.point_errors.get(point.pk) or quality_label(read_back.quality)
+        error = SetpointError(
+            f"Setpoint {value} was sent to point {point.pk}, but reading it back failed ({reason}); "
+            "check the device before writing again."
+        )
+        _record_failure(point, value, actor, error, written=written)
+        raise error
+    if not math.isclose(read_back.value, written, rel_tol=1e-9, abs_tol=1e-12):
+        error = SetpointError(
+            f"Setpoint {value} was sent to point {point.pk} as {written}, but the device reads back "
+            f"{read_back.value}; the device may clamp or reject the value, or another master writes it."
+        )
+        _record_failure(point, value, actor, error, written=written)
+        raise error
+
+    audit.record(
+        AuditAction.SETPOINT_WRITTEN,
+        actor=actor,
+        obj=point,
+        detail=_audit_detail(point, value, written=written, read_back=read_back.value),
+    )
+    logger.info(
+        "User %s wrote setpoint %s to point %s (device %s, sensor %s); device confirmed %s",
+        actor.pk, value, point.pk, device.pk, point.sensor_id, read_back.value,
+    )
+    return SetpointResult(point_id=point.pk, requested=value, written=written, read_back=read_back.value)
+
+
+def _record_failure(point, value, actor, error, written=None):
+    logger.warning(
+        "Setpoint %s for point %s (device %s) by user %s failed: %s", value, point.pk, point.device_id, actor.pk, error
+    )
+    audit.record(
+        AuditAction.SETPOINT_WRITTEN,
+        actor=actor,
+        obj=point,
+        outcome=Outcome.FAILURE,
+        detail=_audit_detail(point, value, written=written, error=str(error)),
+    )
+
+
+def _audit_detail(point, value, **facts):
+    return {"device": point.device_id, "sensor": point.sensor_id, "requested": value, **facts}
+
+
+def _checked_value(point, value):
+    """Return ``value`` as a float after the checks that need no device, or raise SetpointError."""
+    if not point.enabled or not point.device.enabled:
+        raise InvalidSetpoint(f"Point {point.pk} or its device {point.device_id} is disabled; enable both to write.")
+    is_modbus = point.device.protocol == Protocol.MODBUS_TCP
+    if is_modbus and point.register_type in (RegisterType.INPUT, RegisterType.DISCRETE):
+        raise InvalidSetpoint(
+            f"Point {point.pk} is a read-only {point.register_type} {point.address}; "
+            "setpoints go to holding registers and coils."
+        )
+    if isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InvalidSetpoint(f"Setpoint {value!r} for point {point.pk} is not a finite number.")
+    value = float(value)
+
+    if is_modbus and point.data_type in (DataType.BIT, DataType.BOOL) and value not in (0.0, 1.0):
+        raise InvalidSetpoint(f"Setpoint {value} for point {point.pk} is invalid: a {point.data_type} point takes 0 or 1.")
+    sensor = point.sensor
+    if not sensor.in_range(value):
+        raise InvalidSetpoint(
+            f"Setpoint {value} for point {point.pk} is outside the range of sensor {sensor.key!r} "
+            f"({sensor.minimum} to {sensor.maximum} {sensor.engineering_unit}); pick a value inside it."
+        )
+    return value
+
+
+async def _write_and_read_back(driver, point, value):
+    async with driver:
+        written = await driver.write(point, value)
+        [read_back] = await driver.read([point])
+    return written, read_back
