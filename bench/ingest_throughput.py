@@ -27,10 +27,10 @@ from django.db import connection, transaction  # noqa: E402
 from django_tenants.utils import schema_context  # noqa: E402
 
 from apps.sensors.models import Sensor  # noqa: E402
+from apps.sensors.samples import Sample  # noqa: E402
 from apps.telemetry import latest  # noqa: E402
 from apps.telemetry.ingest import ingest  # noqa: E402
 from apps.telemetry.partitions import days_between, ensure_partitions  # noqa: E402
-from apps.telemetry.samples import Sample  # noqa: E402
 from apps.tenants.models import Tenant  # noqa: E402
 from apps.tenants.services import provision_tenant  # noqa: E402
 from apps.units.models import Site, Unit  # noqa: E402

@@ -24,6 +24,9 @@ from apps.telemetry import latest
 
 TENANT_DOMAINS = {"alpha": "alpha.localhost", "beta": "beta.localhost"}
 ADMIN_PASSWORD = "Correct-horse-battery-4711"
+# Seconds a test waits for a WebSocket answer. Generous, because the consumer
+# reaches the database from worker threads and CI machines may be loaded.
+SOCKET_TIMEOUT = 15
 
 
 @pytest.fixture(scope="session")

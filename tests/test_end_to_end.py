@@ -19,7 +19,7 @@ from apps.sensors.models import Sensor
 from apps.telemetry.models import Reading
 from apps.tenants.services import provision_tenant
 from apps.units.models import Unit
-from tests.conftest import ADMIN_PASSWORD, TENANT_DOMAINS, access_token_for, admin_of
+from tests.conftest import ADMIN_PASSWORD, SOCKET_TIMEOUT, TENANT_DOMAINS, access_token_for, admin_of
 from thermacore.asgi import application
 
 pytestmark = pytest.mark.slow
@@ -73,16 +73,16 @@ async def test_reading_travels_from_simulator_to_websocket(gamma, django_db_bloc
         beta_socket = socket(TENANT_DOMAINS["beta"], gamma["beta_token"], "format=json")
         unit_query = "&".join(f"unit={unit_id}" for unit_id in gamma["unit_ids"])
         beta_asking_for_gamma_units = socket(TENANT_DOMAINS["beta"], gamma["beta_token"], f"format=json&{unit_query}")
-        assert (await gamma_socket.connect())[0]
-        assert (await beta_socket.connect())[0]
-        assert (await beta_asking_for_gamma_units.connect())[0]
-        closed = await beta_asking_for_gamma_units.receive_output(timeout=5)
+        assert (await gamma_socket.connect(timeout=SOCKET_TIMEOUT))[0]
+        assert (await beta_socket.connect(timeout=SOCKET_TIMEOUT))[0]
+        assert (await beta_asking_for_gamma_units.connect(timeout=SOCKET_TIMEOUT))[0]
+        closed = await beta_asking_for_gamma_units.receive_output(timeout=SOCKET_TIMEOUT)
 
         summary = await sync_to_async(run_poll_task)()
 
         pushed = {}
         while set(pushed) != gamma["sensor_ids"]:
-            message = await gamma_socket.receive_json_from(timeout=10)
+            message = await gamma_socket.receive_json_from(timeout=SOCKET_TIMEOUT)
             assert message["type"] == "readings"
             pushed.update({reading["sensor"]: reading for reading in message["readings"]})
         assert await beta_socket.receive_nothing(timeout=0.5)
@@ -111,7 +111,7 @@ async def test_token_of_gamma_cannot_open_beta_socket(gamma, django_db_blocker):
     with django_db_blocker.unblock():
         communicator = socket(TENANT_DOMAINS["beta"], gamma["token"], "format=json")
 
-        connected, code = await communicator.connect()
+        connected, code = await communicator.connect(timeout=SOCKET_TIMEOUT)
 
     assert not connected
     assert code == 4401

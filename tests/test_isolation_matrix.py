@@ -22,8 +22,8 @@ from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 from django.apps import apps
 from django.conf import settings
-from django.contrib.contenttypes.models import ContentType
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+from django.contrib.contenttypes.models import ContentType
 from django.db import connection
 from django.test import Client
 from django.urls import get_resolver
@@ -37,8 +37,8 @@ from apps.accounts.services import create_api_key
 from apps.alarms.choices import AlarmState, Condition
 from apps.alarms.models import Alarm, AlarmRule
 from apps.units.models import Unit
-from tests.accounts.routes import iter_routes, is_format_suffix_variant
-from tests.conftest import TENANT_DOMAINS, access_token_for, admin_of
+from tests.accounts.routes import is_format_suffix_variant, iter_routes
+from tests.conftest import SOCKET_TIMEOUT, TENANT_DOMAINS, access_token_for, admin_of
 from tests.factories import DeviceFactory, PointFactory, SensorFactory, SiteFactory, UnitFactory
 from thermacore.asgi import application
 
@@ -293,7 +293,7 @@ async def _outcome(communicator):
     the server closes right after accepting, ("open", None) when the socket
     stays open and ("data", message) when the server sends something.
     """
-    connected, code = await communicator.connect()
+    connected, code = await communicator.connect(timeout=SOCKET_TIMEOUT)
     if not connected:
         return "refused", code
     if await communicator.receive_nothing(timeout=0.3):

@@ -8,7 +8,7 @@ the limit with its deadband and the on-delay and off-delay, and returns an
 from dataclasses import dataclass
 from datetime import datetime
 
-from apps.telemetry.quality import is_bad
+from apps.sensors.quality import is_bad
 
 from .choices import HIGH_LIMITS, LOW_LIMITS, Condition
 

@@ -11,8 +11,8 @@ from django_tenants.utils import schema_context
 
 from apps.accounts.roles import Capability, has_capability
 from apps.sensors.models import Sensor
+from apps.sensors.quality import is_bad, quality_label
 from apps.units.models import Unit
-from apps.telemetry.quality import is_bad, quality_label
 
 from .groups import unit_group
 

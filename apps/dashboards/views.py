@@ -5,8 +5,8 @@ from django.shortcuts import get_object_or_404, render
 from apps.accounts.decorators import capability_required
 from apps.accounts.roles import Capability
 from apps.sensors.models import Sensor
+from apps.sensors.quality import is_bad, quality_label
 from apps.telemetry.latest import get_latest
-from apps.telemetry.quality import is_bad, quality_label
 from apps.units.models import Site, Unit
 
 

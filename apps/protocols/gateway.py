@@ -26,13 +26,13 @@ from django.db.models import F
 from django.utils import timezone
 from django_tenants.utils import get_public_schema_name, get_tenant_model, schema_context
 
-from apps.telemetry.ingest import ingest
-from apps.telemetry.quality import Quality
-from apps.telemetry.samples import Sample
+from apps.sensors.quality import Quality
+from apps.sensors.samples import Sample
 
 from .choices import DeviceStatus
 from .drivers.base import DeviceUnreachable, get_driver
 from .models import Device, Point
+from .sinks import deliver_samples
 
 logger = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ class SupervisedConnection:
             )
         if not self.comm_lost_recorded and spec.points:
             # One bad sample per point marks the values as lost until the connection is back.
-            ingest(spec.schema, [Sample(point.sensor_id, now, None, Quality.BAD_COMM_LOST) for point in spec.points])
+            deliver_samples(spec.schema, [Sample(point.sensor_id, now, None, Quality.BAD_COMM_LOST) for point in spec.points])
             self.comm_lost_recorded = True
 
 
@@ -253,7 +253,7 @@ class Gateway:
         pending, self._pending = self._pending, defaultdict(list)
         for schema, samples in pending.items():
             try:
-                result = await db(ingest)(schema, samples)
+                result = await db(deliver_samples)(schema, samples)
             except Exception:
                 logger.exception("Schema %s: storing %d gateway samples failed; they are lost", schema, len(samples))
                 continue

@@ -9,11 +9,16 @@ from .choices import ByteOrder, DataType, DeviceStatus, Dnp3PointType, MqttQos, 
 from .modbus.codec import register_count
 from .mqtt.topics import validate_json_path, validate_topic_filter
 from .opcua.nodes import validate_node_id
+from .validators import validate_host
 
 # Protocols whose devices push values to the gateway instead of being polled.
 SUBSCRIPTION_PROTOCOLS = (Protocol.MQTT, Protocol.OPCUA, Protocol.DNP3)
 
 BIT_REGISTER_TYPES = {RegisterType.COIL, RegisterType.DISCRETE}
+
+
+# Fields whose change makes a device worth polling again at once.
+CONNECTION_FIELDS = ("protocol", "host", "port", "unit_id", "timeout", "enabled", "endpoint_path", "username", "password")
 
 
 class DeviceQuerySet(models.QuerySet):
@@ -41,7 +46,9 @@ class Device(models.Model):
 
     name = models.CharField(max_length=200, unique=True)
     protocol = models.CharField(max_length=32, choices=Protocol.choices, default=Protocol.MODBUS_TCP)
-    host = models.CharField(max_length=253, help_text="IP address or host name of the device or gateway.")
+    host = models.CharField(
+        max_length=253, validators=[validate_host], help_text="IP address or host name of the device or gateway."
+    )
     port = models.PositiveIntegerField(default=502, validators=[MinValueValidator(1), MaxValueValidator(65535)])
     unit_id = models.PositiveSmallIntegerField(
         default=1,
@@ -50,13 +57,15 @@ class Device(models.Model):
     )
     poll_interval = models.FloatField(
         default=5.0,
-        validators=[MinValueValidator(0.5), MaxValueValidator(86400)],
-        help_text="Seconds between polls.",
+        # Celery beat looks for due devices once per second, so shorter intervals would not be kept.
+        validators=[MinValueValidator(1.0), MaxValueValidator(86400)],
+        help_text="Seconds between polls, at least 1.",
     )
     timeout = models.FloatField(
         default=3.0,
-        validators=[MinValueValidator(0.1), MaxValueValidator(60)],
-        help_text="Seconds to wait for a response.",
+        # A poll may take at most 20 s in all (polling.MAX_POLL_SECONDS), so a longer wait could never end.
+        validators=[MinValueValidator(0.1), MaxValueValidator(20)],
+        help_text="Seconds to wait for a response, at most 20.",
     )
     enabled = models.BooleanField(default=True)
 
@@ -123,6 +132,22 @@ class Device(models.Model):
 
     def __str__(self):
         return self.name
+
+    def save(self, *args, **kwargs):
+        # A device whose connection was just fixed should not wait out the back-off of its old failures.
+        if self.pk is not None and self._connection_changed(kwargs.get("update_fields")):
+            self.next_poll_at = timezone.now()
+            self.consecutive_failures = 0
+            if kwargs.get("update_fields") is not None:
+                kwargs["update_fields"] = {*kwargs["update_fields"], "next_poll_at", "consecutive_failures"}
+        super().save(*args, **kwargs)
+
+    def _connection_changed(self, update_fields):
+        fields = [name for name in CONNECTION_FIELDS if update_fields is None or name in update_fields]
+        if not fields:
+            return False
+        stored = Device.objects.filter(pk=self.pk).values(*fields).first()
+        return stored is not None and any(stored[name] != getattr(self, name) for name in fields)
 
     def clean(self):
         errors = {}

@@ -22,13 +22,13 @@ from django.db.models import DateTimeField, ExpressionWrapper, F, Value
 from django.db.models.functions import Least
 from django.utils import timezone
 
-from apps.telemetry.ingest import ingest
-from apps.telemetry.quality import Quality
-from apps.telemetry.samples import Sample
+from apps.sensors.quality import Quality
+from apps.sensors.samples import Sample
 
 from .choices import DeviceStatus
 from .drivers.base import DeviceUnreachable, get_driver
 from .models import Device, Point
+from .sinks import deliver_samples
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ def _store_outcomes(schema, outcomes, claimed_at, summary):
         summary.polled += 1
         summary.failed += bool(outcome.error)
     if samples:
-        result = ingest(schema, samples)
+        result = deliver_samples(schema, samples)
         summary.samples += result.accepted
         for rejection in result.rejected:
             logger.warning("Schema %s: poll sample of sensor %s rejected: %s", schema, rejection.sensor_id, rejection.reason)
@@ -238,4 +238,4 @@ def _store_comm_lost(device, now):
     """Record one bad-quality sample per point when a device goes away, so its values show as lost."""
     samples = [Sample(point.sensor_id, now, None, Quality.BAD_COMM_LOST) for point in device.enabled_points]
     if samples:
-        ingest(connection.schema_name, samples)
+        deliver_samples(connection.schema_name, samples)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from apps.accounts.roles import Capability, check_capability
 from apps.audit import services as audit
 from apps.audit.choices import AuditAction, Outcome
-from apps.telemetry.quality import is_bad, quality_label
+from apps.sensors.quality import is_bad, quality_label
 
 from .choices import DataType, Protocol, RegisterType
 from .drivers.base import DeviceUnreachable, WriteRejected, get_driver

@@ -8,13 +8,14 @@ reason while the valid items of the batch go on.
 
 from dataclasses import dataclass, field
 
+from apps.sensors.quality import Quality
+from apps.sensors.samples import Sample
+from apps.sensors.timestamps import parse_timestamp
+
 from .ingest import Rejection
-from .parsing import parse_timestamp
-from .quality import Quality
-from .samples import Sample
 
 ITEM_FIELDS = frozenset({"sensor", "time", "value", "quality"})
-# Quality codes are OPC-style single bytes (see apps.telemetry.quality).
+# Quality codes are OPC-style single bytes (see apps.sensors.quality).
 MAX_QUALITY = 255
 
 

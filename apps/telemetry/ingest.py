@@ -12,16 +12,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 from django.conf import settings
-from psycopg import errors as pg_errors
 from django.db import IntegrityError, connection, transaction
 from django_tenants.utils import schema_context
+from psycopg import errors as pg_errors
 
 from apps.sensors.models import Sensor
+from apps.sensors.quality import Quality, is_bad
+from apps.sensors.samples import Sample
 
 from . import latest, subscribers
 from .partitions import ensure_partitions, forget_known_partitions
-from .quality import Quality, is_bad
-from .samples import Sample
 
 logger = logging.getLogger(__name__)
 

@@ -1,8 +1,7 @@
 from django.db import models
 
 from apps.sensors.models import Sensor
-
-from .quality import Quality
+from apps.sensors.quality import Quality
 
 
 class Reading(models.Model):

@@ -1,15 +1,9 @@
-from django.core.validators import RegexValidator
+from django.core.exceptions import ValidationError
 from django.db import NotSupportedError, models
 from django_tenants.models import DomainMixin, TenantMixin
 
 from .choices import TenantStatus
-
-# PostgreSQL identifiers are case-folded and limited to 63 bytes; the
-# "pg_" prefix is reserved for system schemas.
-schema_name_validator = RegexValidator(
-    r"^(?!pg_)[a-z][a-z0-9_]{0,62}$",
-    "Use 1 to 63 lowercase letters, digits or underscores, starting with a letter and not with 'pg_'.",
-)
+from .validators import schema_name_validator, validate_domain_name, validate_time_zone
 
 
 class TenantQuerySet(models.QuerySet):
@@ -31,7 +25,10 @@ class Tenant(TenantMixin):
     name = models.CharField(max_length=200)
     created_at = models.DateTimeField(auto_now_add=True)
     time_zone = models.CharField(
-        max_length=64, default="UTC", help_text="IANA time zone name used to show and import local times."
+        max_length=64,
+        default="UTC",
+        validators=[validate_time_zone],
+        help_text="IANA time zone name used to show and import local times.",
     )
     status = models.CharField(max_length=16, choices=TenantStatus.choices, default=TenantStatus.ACTIVE)
     suspended_at = models.DateTimeField(null=True, blank=True)
@@ -55,6 +52,13 @@ class Tenant(TenantMixin):
     def __str__(self):
         return self.name
 
+    def clean(self):
+        # The schema name field comes from django-tenants, which checks less than PostgreSQL needs.
+        try:
+            schema_name_validator(self.schema_name)
+        except ValidationError as exc:
+            raise ValidationError({"schema_name": f"Schema name {self.schema_name!r} is invalid: {exc.messages[0]}"})
+
     @property
     def is_suspended(self):
         return self.status == TenantStatus.SUSPENDED
@@ -65,3 +69,10 @@ class Domain(DomainMixin):
 
     def __str__(self):
         return self.domain
+
+    def clean(self):
+        super().clean()
+        try:
+            validate_domain_name(self.domain)
+        except ValidationError as exc:
+            raise ValidationError({"domain": exc.messages}) from None

@@ -3,6 +3,8 @@
 import logging
 
 from django.contrib.auth import get_user_model
+from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 from django_tenants.utils import get_public_schema_name, schema_context
@@ -12,7 +14,8 @@ from apps.audit.choices import ActorType, AuditAction
 from apps.audit.services import Actor, record
 
 from .choices import TenantStatus
-from .models import Domain, Tenant, schema_name_validator
+from .models import Domain, Tenant
+from .validators import schema_name_validator, validate_domain_name
 
 logger = logging.getLogger(__name__)
 
@@ -24,14 +27,21 @@ def provision_tenant(*, schema_name, name, domain, admin_username, admin_passwor
     saved. When any later step fails, the tenant row and its schema are
     removed again so that no half-provisioned tenant stays behind.
     """
-    schema_name_validator(schema_name)
+    try:
+        schema_name_validator(schema_name)
+    except ValidationError as exc:
+        raise ValidationError(f"Schema name {schema_name!r} is invalid: {exc.messages[0]}") from None
+    validate_domain_name(domain)
+    # Checked against a user of that name, before any schema exists, so a weak password costs nothing.
+    validate_password(admin_password, user=get_user_model()(username=admin_username, email=admin_email))
     if Tenant.objects.filter(schema_name=schema_name).exists():
         raise ValueError(f"Tenant schema {schema_name!r} already exists; choose another schema name.")
     if Domain.objects.filter(domain=domain).exists():
         raise ValueError(f"Domain {domain!r} is already used by another tenant; choose another domain.")
 
     logger.info("Provisioning tenant schema=%s domain=%s", schema_name, domain)
-    tenant = Tenant(schema_name=schema_name, name=name)
+    # Celery beat serves active tenants only, so it leaves this one alone until its schema is ready.
+    tenant = Tenant(schema_name=schema_name, name=name, status=TenantStatus.PROVISIONING)
     tenant.save()
     try:
         with transaction.atomic():
@@ -45,6 +55,8 @@ def provision_tenant(*, schema_name, name, domain, admin_username, admin_passwor
         logger.exception("Provisioning tenant schema=%s failed; dropping its schema", schema_name)
         tenant.delete(force_drop=True)
         raise
+    tenant.status = TenantStatus.ACTIVE
+    tenant.save(update_fields=["status"])
     logger.info("Provisioned tenant schema=%s domain=%s admin=%s", schema_name, domain, admin_username)
     return tenant
 

@@ -1,8 +1,9 @@
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
+from apps.tenants.validators import validate_time_zone
+
 from .choices import UnitKind, UnitStatus
-from .validators import validate_time_zone
 
 
 class Site(models.Model):

@@ -8,7 +8,7 @@ from django.test import Client
 from apps.accounts.choices import Role
 from apps.units.models import Unit
 from tests.accounts.conftest import ROLE_PASSWORD
-from tests.conftest import TENANT_DOMAINS, access_token_for, admin_of
+from tests.conftest import SOCKET_TIMEOUT, TENANT_DOMAINS, access_token_for, admin_of
 from tests.factories import UnitFactory
 from thermacore.asgi import application
 
@@ -154,7 +154,7 @@ async def test_websocket_live_values_follow_role(committed_users, django_db_bloc
     with django_db_blocker.unblock():
         communicator = await sync_to_async(_live_socket)(committed_users[role])
 
-        connected, code = await communicator.connect()
+        connected, code = await communicator.connect(timeout=SOCKET_TIMEOUT)
         if connected:
             await communicator.disconnect()
 

@@ -10,8 +10,8 @@ from django_tenants.utils import schema_context
 
 from apps.alarms.choices import AlarmState
 from apps.alarms.models import Alarm, AlarmRule
+from apps.sensors.samples import Sample
 from apps.telemetry.ingest import ingest
-from apps.telemetry.samples import Sample
 from tests.conftest import admin_of
 from tests.factories import SensorFactory
 

@@ -8,9 +8,9 @@ from channels.layers import get_channel_layer
 from apps.alarms.choices import AlarmState, TransitionAction
 from apps.alarms.models import Alarm, AlarmRuleState, AlarmTransition
 from apps.alarms.services import acknowledge_alarm
+from apps.sensors.quality import Quality
 from apps.telemetry import latest
 from apps.telemetry.models import Reading
-from apps.telemetry.quality import Quality
 from apps.units.choices import UnitStatus
 
 from .conftest import at

@@ -7,7 +7,7 @@ from django.test import Client
 from apps.alarms.choices import AlarmState
 from apps.alarms.models import Alarm
 from apps.alarms.push import alarm_payload, send_alarm_update
-from tests.conftest import TENANT_DOMAINS, access_token_for, admin_of
+from tests.conftest import SOCKET_TIMEOUT, TENANT_DOMAINS, access_token_for, admin_of
 from thermacore.asgi import application
 
 from .conftest import at
@@ -123,7 +123,7 @@ async def test_alarm_update_reaches_socket(committed_alarm, django_db_blocker, q
             f"/ws/live/?unit={alarm.unit_id}&{query}",
             headers=[(b"host", TENANT_DOMAINS["alpha"].encode()), (b"authorization", f"Bearer {token}".encode())],
         )
-        connected, _ = await communicator.connect()
+        connected, _ = await communicator.connect(timeout=SOCKET_TIMEOUT)
         assert connected
         await sync_to_async(send_alarm_update)("alpha", alarm.unit_id, payload)
         message = await communicator.receive_from(timeout=5)

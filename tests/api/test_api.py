@@ -4,8 +4,8 @@ import pytest
 from django.db import connection
 from rest_framework.test import APIClient
 
+from apps.sensors.samples import Sample
 from apps.telemetry.ingest import ingest
-from apps.telemetry.samples import Sample
 from tests.conftest import ADMIN_PASSWORD, TENANT_DOMAINS, access_token_for, admin_of
 from tests.factories import DeviceFactory, SensorFactory, SiteFactory, UnitFactory
 
@@ -257,3 +257,23 @@ def test_openapi_schema_documents_bearer_tokens(alpha_api):
 
     schemes = response.json()["components"]["securitySchemes"]
     assert schemes["jwtAuth"]["scheme"] == "bearer"
+
+
+@pytest.mark.parametrize("host", ["not a host!! ///", "http://x y z", "plc1:502", "http://plc1/"])
+def test_device_host_must_be_bare_host(alpha_api, host):
+    body = {"name": "PLC 9", "host": host, "port": 502, "unit_id": 1}
+
+    response = alpha_api.post("/api/v1/devices/", body, format="json")
+
+    assert response.status_code == 400
+    assert "host" in response.data
+    assert "without scheme, port or path" in str(response.data["host"])
+
+
+@pytest.mark.parametrize("host", ["192.168.1.20", "::1", "plc-1.site.example", "localhost"])
+def test_device_host_accepts_addresses_and_names(alpha_api, host):
+    body = {"name": f"PLC {host}", "host": host, "port": 502, "unit_id": 1}
+
+    response = alpha_api.post("/api/v1/devices/", body, format="json")
+
+    assert response.status_code == 201, response.data

@@ -5,9 +5,9 @@ from django.contrib.auth import get_user_model
 from rest_framework.test import APIClient
 
 from apps.alarms.models import Alarm, AlarmRule
+from apps.sensors.quality import Quality
 from apps.telemetry import latest
 from apps.telemetry.models import Reading
-from apps.telemetry.quality import Quality
 from tests.conftest import TENANT_DOMAINS, access_token_for
 from tests.factories import SensorFactory
 

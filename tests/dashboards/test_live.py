@@ -3,9 +3,9 @@ from datetime import datetime, timezone
 import pytest
 from channels.testing import WebsocketCommunicator
 
+from apps.sensors.samples import Sample
 from apps.telemetry.ingest import ingest
-from apps.telemetry.samples import Sample
-from tests.conftest import TENANT_DOMAINS
+from tests.conftest import SOCKET_TIMEOUT, TENANT_DOMAINS
 from tests.factories import SensorFactory
 from thermacore.asgi import application
 
@@ -62,7 +62,7 @@ def test_unknown_host_page_is_not_found(db):
 async def test_websocket_without_credentials_is_refused():
     communicator = WebsocketCommunicator(application, "/ws/live/", headers=[(b"host", TENANT_DOMAINS["alpha"].encode())])
 
-    connected, code = await communicator.connect()
+    connected, code = await communicator.connect(timeout=SOCKET_TIMEOUT)
 
     assert not connected
     assert code == 4401
@@ -73,7 +73,7 @@ async def test_websocket_without_credentials_is_refused():
 async def test_websocket_unknown_host_is_refused():
     communicator = WebsocketCommunicator(application, "/ws/live/", headers=[(b"host", b"nobody.localhost")])
 
-    connected, _ = await communicator.connect()
+    connected, _ = await communicator.connect(timeout=SOCKET_TIMEOUT)
 
     assert not connected
 
@@ -99,8 +99,8 @@ async def test_websocket_bad_query_closes_with_code(query, code):
     token = await sync_to_async(lambda: access_token_for("alpha", admin_of("alpha")))()
     communicator = _bearer_socket(f"/ws/live/?{query}", token)
 
-    connected, _ = await communicator.connect()
-    closed = await communicator.receive_output(timeout=5)
+    connected, _ = await communicator.connect(timeout=SOCKET_TIMEOUT)
+    closed = await communicator.receive_output(timeout=SOCKET_TIMEOUT)
 
     assert connected
     assert closed["type"] == "websocket.close"
@@ -117,8 +117,8 @@ async def test_websocket_unknown_path_closes_4404():
     token = await sync_to_async(lambda: access_token_for("alpha", admin_of("alpha")))()
     communicator = _bearer_socket("/ws/other/", token)
 
-    connected, _ = await communicator.connect()
-    closed = await communicator.receive_output(timeout=5)
+    connected, _ = await communicator.connect(timeout=SOCKET_TIMEOUT)
+    closed = await communicator.receive_output(timeout=SOCKET_TIMEOUT)
 
     assert connected
     assert closed["code"] == 4404

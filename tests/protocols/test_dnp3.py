@@ -8,12 +8,12 @@ import opendnp3
 import pytest
 from django.core.exceptions import ValidationError
 
+from apps.protocols.dnp3.values import measurement_time, quality_of, to_sample
 from apps.protocols.drivers.base import DeviceUnreachable
 from apps.protocols.drivers.dnp3 import Dnp3Driver
-from apps.protocols.dnp3.values import measurement_time, quality_of, to_sample
 from apps.protocols.models import Device, Point
 from apps.protocols.profiles import parse_profile
-from apps.telemetry.quality import Quality
+from apps.sensors.quality import Quality
 from tests.conftest import free_port
 from tests.factories import DeviceFactory, PointFactory, SensorFactory
 from tests.protocols.conftest import Dnp3Outstation

@@ -24,8 +24,8 @@ from django_tenants.utils import schema_context
 from apps.protocols.choices import DeviceStatus
 from apps.protocols.gateway import Gateway
 from apps.protocols.models import Device, Point
+from apps.sensors.quality import Quality
 from apps.telemetry.models import Reading
-from apps.telemetry.quality import Quality
 from tests.conftest import free_port
 from tests.factories import DeviceFactory, PointFactory, SensorFactory
 from tests.protocols.conftest import MQTT_BROKER

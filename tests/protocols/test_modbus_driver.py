@@ -5,7 +5,7 @@ import pytest
 from apps.protocols.drivers.base import WriteRejected
 from apps.protocols.drivers.modbus_tcp import ModbusTcpDriver
 from apps.protocols.models import Device, Point
-from apps.telemetry.quality import Quality
+from apps.sensors.quality import Quality
 
 pytestmark = pytest.mark.asyncio
 

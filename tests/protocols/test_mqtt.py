@@ -12,7 +12,7 @@ from apps.protocols.drivers.base import DeviceUnreachable, WriteRejected
 from apps.protocols.drivers.mqtt import MqttDriver
 from apps.protocols.models import Device, Point
 from apps.protocols.mqtt.payloads import decode_message
-from apps.telemetry.quality import Quality
+from apps.sensors.quality import Quality
 from tests.conftest import free_port
 from tests.factories import DeviceFactory, PointFactory
 from tests.protocols.conftest import MQTT_BROKER

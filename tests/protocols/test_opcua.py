@@ -14,7 +14,7 @@ from apps.protocols.drivers.opcua import OpcUaDriver
 from apps.protocols.models import Device, Point
 from apps.protocols.opcua.values import quality_of, to_sample
 from apps.protocols.services import InvalidSetpoint, write_setpoint
-from apps.telemetry.quality import Quality
+from apps.sensors.quality import Quality
 from tests.conftest import free_port
 from tests.factories import DeviceFactory, PointFactory, SensorFactory
 from tests.protocols.test_gateway import eventually, fast_gateway, readings_in, run_gateway_during

@@ -9,8 +9,8 @@ from apps.protocols.polling import MAX_POLL_SECONDS, claim_due_devices, poll_bud
 from apps.protocols.simulator.demo import configure_demo_plant
 from apps.protocols.simulator.plant import PLANT
 from apps.sensors.models import Sensor
+from apps.sensors.quality import Quality
 from apps.telemetry.models import Reading
-from apps.telemetry.quality import Quality
 from tests.conftest import free_port
 from tests.factories import DeviceFactory, PointFactory, SensorFactory
 
@@ -217,3 +217,42 @@ def test_subscription_devices_are_not_polled(alpha):
 
     assert summary.polled == 0
     assert set(Device.objects.values_list("status", flat=True)) == {DeviceStatus.UNKNOWN}
+
+
+def test_refused_connection_is_named(alpha):
+    device = DeviceFactory(port=free_port(), timeout=2)
+    PointFactory(device=device)
+
+    poll_due_devices()
+
+    device.refresh_from_db()
+    assert "connection refused" in device.last_error
+
+
+def test_fixing_connection_resets_backoff(alpha, plant_simulator):
+    device = DeviceFactory(port=free_port(), timeout=0.5)
+    PointFactory(device=device)
+    poll_due_devices()
+    device.refresh_from_db()
+    assert device.next_poll_at > timezone.now()
+
+    device.port = plant_simulator
+    device.save()
+
+    device.refresh_from_db()
+    assert device.next_poll_at <= timezone.now()
+    assert device.consecutive_failures == 0
+
+
+def test_renaming_device_keeps_backoff(alpha):
+    device = DeviceFactory(port=free_port(), timeout=0.5)
+    PointFactory(device=device)
+    poll_due_devices()
+    device.refresh_from_db()
+    backoff_until = device.next_poll_at
+
+    device.name = "Renamed controller"
+    device.save()
+
+    device.refresh_from_db()
+    assert device.next_poll_at == backoff_until

@@ -21,8 +21,8 @@ from apps.protocols.profiles import (
 )
 from apps.protocols.simulator.plant import PLANT
 from apps.sensors.models import Sensor
+from apps.sensors.quality import Quality
 from apps.telemetry.models import Reading
-from apps.telemetry.quality import Quality
 from tests.factories import DeviceFactory, UnitFactory
 
 ACTOR = Actor.system_job("tests.device_profile")

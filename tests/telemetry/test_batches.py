@@ -3,9 +3,9 @@ from datetime import datetime, timezone
 
 import pytest
 
+from apps.sensors.quality import Quality
+from apps.sensors.samples import Sample
 from apps.telemetry.batches import parse_reading, parse_readings
-from apps.telemetry.quality import Quality
-from apps.telemetry.samples import Sample
 
 T0 = datetime(2026, 1, 5, 10, 0, tzinfo=timezone.utc)
 

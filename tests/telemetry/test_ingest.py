@@ -4,11 +4,11 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from django.db import connection
 
+from apps.sensors.quality import Quality
+from apps.sensors.samples import Sample
 from apps.telemetry import latest, subscribers
 from apps.telemetry.ingest import ingest
 from apps.telemetry.models import Reading
-from apps.telemetry.quality import Quality
-from apps.telemetry.samples import Sample
 from tests.factories import SensorFactory
 
 T0 = datetime(2026, 1, 5, 10, 0, 0, tzinfo=timezone.utc)

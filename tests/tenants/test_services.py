@@ -1,10 +1,12 @@
 import pytest
 from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
 from django.db import connection
 from django_tenants.utils import schema_context, schema_exists
 
 from apps.accounts.choices import Role
 from apps.accounts.roles import capabilities_of
+from apps.tenants.choices import TenantStatus
 from apps.tenants.models import Tenant
 from apps.tenants.services import provision_tenant
 from tests.conftest import ADMIN_PASSWORD
@@ -37,3 +39,47 @@ def test_provision_rejects_taken_domain(db):
             schema_name="other", name="Other", domain="alpha.localhost",
             admin_username="admin", admin_password=ADMIN_PASSWORD,
         )
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"schema_name": "Bad Name"}, "'Bad Name' is invalid"),
+        ({"schema_name": "pg_catalog2"}, "'pg_catalog2' is invalid"),
+        ({"domain": "http://x5.localhost/"}, "'http://x5.localhost/' is not a host name"),
+        ({"domain": "Upper.localhost"}, "is not a host name"),
+        ({"admin_password": "short"}, "too short"),
+    ],
+)
+def test_provision_rejects_bad_input_before_schema(db, changes, message):
+    arguments = {
+        "schema_name": "delta", "name": "Delta", "domain": "delta.localhost",
+        "admin_username": "admin", "admin_password": "Another-strong-pass-4711", **changes,
+    }
+
+    with pytest.raises(ValidationError) as caught:
+        provision_tenant(**arguments)
+
+    assert message in " ".join(caught.value.messages)
+    assert not Tenant.objects.filter(schema_name=arguments["schema_name"]).exists()
+
+
+def test_platform_admin_form_rejects_bad_tenant(db):
+    tenant = Tenant(schema_name="Bad Name", name="Bad", time_zone="Mars/Olympus")
+
+    with pytest.raises(ValidationError) as caught:
+        tenant.full_clean()
+
+    assert "schema_name" in caught.value.message_dict
+    assert "'Mars/Olympus' is not an IANA time zone name" in " ".join(caught.value.message_dict["time_zone"])
+
+
+def test_provisioned_tenant_ends_active(db):
+    tenant = provision_tenant(
+        schema_name="epsilon", name="Epsilon", domain="epsilon.localhost",
+        admin_username="admin", admin_password="Another-strong-pass-4711",
+    )
+
+    assert tenant.status == TenantStatus.ACTIVE
+    assert Tenant.objects.active().filter(pk=tenant.pk).exists()
+    connection.set_schema_to_public()

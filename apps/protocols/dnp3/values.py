@@ -8,8 +8,8 @@ part of the quality.
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from apps.telemetry.quality import Quality
-from apps.telemetry.samples import Sample
+from apps.sensors.quality import Quality
+from apps.sensors.samples import Sample
 
 ONLINE = 0x01
 RESTART = 0x02

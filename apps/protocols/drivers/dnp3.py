@@ -22,8 +22,8 @@ from datetime import datetime, timezone
 
 import opendnp3
 
-from apps.telemetry.quality import Quality
-from apps.telemetry.samples import Sample
+from apps.sensors.quality import Quality
+from apps.sensors.samples import Sample
 
 from ..dnp3.values import POINT_TYPES, measurement_time, to_sample
 from .base import DeviceUnreachable, SubscriptionDriver, WriteRejected, register_driver

@@ -9,14 +9,15 @@ in the same pass as the points that use them.
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusIOException
 
-from apps.telemetry.quality import Quality
-from apps.telemetry.samples import Sample
+from apps.sensors.quality import Quality
+from apps.sensors.samples import Sample
 
 from ..choices import DataType, RegisterType
 from ..modbus.codec import decode_registers, encode_value, is_not_implemented
@@ -115,14 +116,18 @@ class ModbusTcpDriver(Driver):
             )
         if self.client.connected:
             return
+        started = time.monotonic()
         try:
             connected = await self.client.connect()
         except (OSError, ConnectionException) as exc:
             raise DeviceUnreachable(f"Cannot connect to {self.device.host}:{self.device.port}: {exc}") from exc
         if not connected:
-            raise DeviceUnreachable(
-                f"Cannot connect to {self.device.host}:{self.device.port} within {self.device.timeout} s."
-            )
+            # pymodbus reports a failed connect only as False, so the elapsed time tells the cause.
+            if time.monotonic() - started < self.device.timeout:
+                reason = "connection refused or host unreachable"
+            else:
+                reason = f"no answer within {self.device.timeout:g} s"
+            raise DeviceUnreachable(f"Cannot connect to {self.device.host}:{self.device.port}: {reason}.")
 
     async def close(self):
         if self.client is not None:

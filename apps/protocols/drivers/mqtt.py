@@ -18,8 +18,8 @@ from datetime import datetime, timezone
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from apps.telemetry.quality import Quality
-from apps.telemetry.samples import Sample
+from apps.sensors.quality import Quality
+from apps.sensors.samples import Sample
 
 from ..mqtt.payloads import decode_message
 from .base import DeviceUnreachable, SubscriptionDriver, WriteRejected, register_driver

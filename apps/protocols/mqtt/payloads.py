@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 
 from paho.mqtt.client import topic_matches_sub
 
-from apps.telemetry.parsing import parse_timestamp
-from apps.telemetry.quality import Quality
-from apps.telemetry.samples import Sample
+from apps.sensors.quality import Quality
+from apps.sensors.samples import Sample
+from apps.sensors.timestamps import parse_timestamp
 
 from .topics import compile_json_path
 

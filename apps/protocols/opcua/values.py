@@ -12,8 +12,8 @@ from datetime import datetime, timezone
 from asyncua import ua
 from asyncua.ua.status_codes import get_name_and_doc
 
-from apps.telemetry.quality import Quality
-from apps.telemetry.samples import Sample
+from apps.sensors.quality import Quality
+from apps.sensors.samples import Sample
 
 SEVERITY_GOOD = 0b00
 SEVERITY_UNCERTAIN = 0b01

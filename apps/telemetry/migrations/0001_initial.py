@@ -1,6 +1,6 @@
 from django.db import migrations, models
 
-import apps.telemetry.quality
+import apps.sensors.quality
 
 # The readings table is created by SQL because Django cannot declare a
 # partitioned table. With TimescaleDB present it becomes a hypertable.
@@ -51,7 +51,7 @@ class Migration(migrations.Migration):
                         ("sensor", models.ForeignKey(on_delete=models.deletion.DO_NOTHING, related_name="+", to="sensors.sensor")),
                         ("time", models.DateTimeField()),
                         ("value", models.FloatField(null=True)),
-                        ("quality", models.SmallIntegerField(choices=apps.telemetry.quality.Quality.choices, default=0)),
+                        ("quality", models.SmallIntegerField(choices=apps.sensors.quality.Quality.choices, default=0)),
                     ],
                     options={"db_table": "telemetry_reading", "ordering": ["sensor", "time"], "managed": False},
                 ),

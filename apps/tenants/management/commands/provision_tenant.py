@@ -33,7 +33,9 @@ class Command(BaseCommand):
                 admin_password=password,
                 admin_email=options["admin_email"],
             )
-        except (ValueError, ValidationError) as exc:
+        except ValidationError as exc:
+            raise CommandError(" ".join(exc.messages)) from exc
+        except ValueError as exc:
             raise CommandError(str(exc)) from exc
         self.stdout.write(
             self.style.SUCCESS(f"Created tenant {tenant.schema_name!r} at {options['domain']}.")

@@ -2,7 +2,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from apps.telemetry.parsing import parse_timestamp
+from apps.sensors.timestamps import parse_timestamp
 
 T0 = datetime(2026, 1, 5, 10, 0, 0, tzinfo=timezone.utc)
 T0_EPOCH = 1767607200
