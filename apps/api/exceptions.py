@@ -1,4 +1,4 @@
-"""DRF exception handler that turns Django's own errors into JSON 4xx answers naming the cause."""
+"""DRF exception handler that turns Django's own errors into JSON 4xx responses naming the cause."""
 
 from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
@@ -9,7 +9,7 @@ from rest_framework.serializers import as_serializer_error
 
 from apps.audit.denials import exception_handler as audited_exception_handler
 
-# How many blocking objects a 409 answer names before it only counts the rest.
+# Maximum number of blocking objects a 409 response names; the rest are counted.
 MAX_NAMED_BLOCKERS = 5
 
 

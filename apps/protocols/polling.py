@@ -3,7 +3,7 @@
 One call polls every device that is due, concurrently on an asyncio event
 loop in a thread of its own, and stores each device's samples as soon as its
 poll ends, so a slow device never holds back the others. Each poll has a
-time budget; a device that does not answer within it is marked offline and
+time budget. A device that does not respond within it is marked offline and
 polled again after an exponential back-off. Nothing a device does can raise
 out of ``poll_due_devices``.
 """
@@ -34,8 +34,8 @@ logger = logging.getLogger(__name__)
 
 # Devices polled at once per task; more would only queue inside the event loop.
 MAX_CONCURRENT_POLLS = 200
-# Longest time one device's poll may take, in seconds. It stays below the poll
-# task's soft time limit (30 s) so that a hung device cannot stop the task.
+# Maximum seconds one device's poll may take. It stays below the poll task's
+# soft time limit (30 s), so a hung device cannot stop the task.
 MAX_POLL_SECONDS = 20.0
 # Requests of one poll that may each take a full timeout before the budget ends.
 REQUESTS_PER_BUDGET = 4
@@ -67,9 +67,9 @@ def claim_due_devices(now=None):
     """Lock the due devices, lease them for the length of a poll and return them.
 
     The lease moves ``next_poll_at`` past the end of the poll's time budget,
-    so no other worker claims a device while it is still being polled;
-    finishing the poll sets the real next poll time. SKIP LOCKED lets two
-    workers claim at the same moment without waiting for each other.
+    so no other worker claims a device while it is still being polled. The
+    finished poll sets the real next poll time. SKIP LOCKED lets two workers
+    claim at the same moment without waiting for each other.
     """
     now = now or timezone.now()
     second = Value(timedelta(seconds=1))
@@ -131,7 +131,7 @@ def _run_polls(devices, outcomes):
     except Exception:
         logger.exception("Poll loop failed for %d devices", len(devices))
     finally:
-        # The end marker tells the storing side that no outcome follows.
+        # None marks the end, so the storing side stops waiting for outcomes.
         outcomes.put(None)
 
 

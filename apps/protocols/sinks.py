@@ -1,4 +1,4 @@
-"""Where drivers, the poller and the gateway hand their samples.
+"""The sample sink: the function that stores what drivers, the poller and the gateway read.
 
 The telemetry app registers its ingest function here when Django starts, so
 protocol code stores samples without importing the storage layer.

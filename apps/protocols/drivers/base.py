@@ -7,6 +7,10 @@ database.
 """
 
 from abc import ABC, abstractmethod
+from datetime import datetime, timezone
+
+from apps.sensors.quality import Quality
+from apps.sensors.samples import Sample
 
 _drivers = {}
 
@@ -69,6 +73,25 @@ class SubscriptionDriver(Driver):
         # Whether the connection is up now, and whether it was up at any time since connect().
         self.connected = False
         self.was_connected = False
+
+    async def read(self, points):
+        """Return the latest value received for each point since connect; bad for points with none yet.
+
+        Subclasses that keep received samples in ``self.latest`` (sensor id to Sample) get this for free.
+        """
+        self.point_errors = {}
+        samples = []
+        now = datetime.now(timezone.utc)
+        for point in points:
+            sample = getattr(self, "latest", {}).get(point.sensor_id)
+            if sample is None:
+                self.point_errors[point.pk] = self.missing_value_reason(point)
+                sample = Sample(point.sensor_id, now, None, Quality.BAD)
+            samples.append(sample)
+        return samples
+
+    def missing_value_reason(self, point):
+        return "no value received since the gateway connected"
 
     @abstractmethod
     async def run(self, points, deliver):

@@ -22,8 +22,6 @@ from datetime import datetime, timezone
 
 import opendnp3
 
-from apps.sensors.quality import Quality
-from apps.sensors.samples import Sample
 
 from ..dnp3.values import POINT_TYPES, measurement_time, to_sample
 from .base import DeviceUnreachable, SubscriptionDriver, WriteRejected, register_driver
@@ -135,18 +133,8 @@ class Dnp3Driver(SubscriptionDriver):
         reason = await self._lost
         raise DeviceUnreachable(f"Connection to DNP3 outstation {self.address} lost: {reason}")
 
-    async def read(self, points):
-        """Return the latest value received for each point since connect; bad for points with none yet."""
-        self.point_errors = {}
-        samples = []
-        now = datetime.now(timezone.utc)
-        for point in points:
-            sample = self.latest.get(point.sensor_id)
-            if sample is None:
-                self.point_errors[point.pk] = f"no {point.dnp3_type} {point.dnp3_index} received since connect"
-                sample = Sample(point.sensor_id, now, None, Quality.BAD)
-            samples.append(sample)
-        return samples
+    def missing_value_reason(self, point):
+        return f"no {point.dnp3_type} {point.dnp3_index} received since connect"
 
     async def write(self, point, value):
         # TODO: send control relay output blocks and analog outputs (direct operate) with read-back.

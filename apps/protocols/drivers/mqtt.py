@@ -18,8 +18,6 @@ from datetime import datetime, timezone
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from apps.sensors.quality import Quality
-from apps.sensors.samples import Sample
 
 from ..mqtt.payloads import decode_message
 from .base import DeviceUnreachable, SubscriptionDriver, WriteRejected, register_driver
@@ -89,18 +87,8 @@ class MqttDriver(SubscriptionDriver):
         reason = await self._lost
         raise DeviceUnreachable(f"Connection to MQTT broker {self.device.host}:{self.device.port} lost: {reason}")
 
-    async def read(self, points):
-        """Return the latest value received for each point since connect; bad for points with none yet."""
-        self.point_errors = {}
-        samples = []
-        now = datetime.now(timezone.utc)
-        for point in points:
-            sample = self.latest.get(point.sensor_id)
-            if sample is None:
-                self.point_errors[point.pk] = f"no message received on {point.topic!r} since the gateway connected"
-                sample = Sample(point.sensor_id, now, None, Quality.BAD)
-            samples.append(sample)
-        return samples
+    def missing_value_reason(self, point):
+        return f"no message received on {point.topic!r} since the gateway connected"
 
     async def write(self, point, value):
         raise WriteRejected(
