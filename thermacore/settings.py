@@ -34,8 +34,13 @@ if IS_PRODUCTION and "THERMACORE_SECRET_KEY" not in env.ENVIRON:
 # The development key is public on purpose, so it must never sign production data.
 SECRET_KEY = env.str("THERMACORE_SECRET_KEY", default="dev-only-insecure-key-change-me-0123456789abcdef")
 
-# Tenant domains are subdomains; a leading dot matches all of them.
-ALLOWED_HOSTS = env.list("THERMACORE_ALLOWED_HOSTS", default=[".localhost", "127.0.0.1", "testserver"])
+# Tenant domains are subdomains; a leading dot matches all of them. In
+# production the Domain table is the list of allowed hosts: django-tenants looks
+# up every Host header there and DEFAULT_NOT_FOUND_TENANT_VIEW returns 400 for
+# any other, so a new tenant needs no restart.
+ALLOWED_HOSTS = env.list(
+    "THERMACORE_ALLOWED_HOSTS", default=["*"] if IS_PRODUCTION else [".localhost", "127.0.0.1", "testserver"]
+)
 CSRF_TRUSTED_ORIGINS = env.list("THERMACORE_CSRF_TRUSTED_ORIGINS", default=["http://*.localhost:8000"])
 
 # Applications ---------------------------------------------------------------
@@ -85,6 +90,9 @@ TENANT_APPS = [
     "axes",
     # Provides the key hashing of apps.accounts.models.ApiKey; its own APIKey table stays unused.
     "rest_framework_api_key",
+    # TOTP devices of users whose role the tenant's policy requires a second factor for.
+    "django_otp",
+    "django_otp.plugins.otp_totp",
 ]
 
 INSTALLED_APPS = SHARED_APPS + [app for app in TENANT_APPS if app not in SHARED_APPS]
@@ -94,6 +102,7 @@ TENANT_DOMAIN_MODEL = "tenants.Domain"
 PUBLIC_SCHEMA_URLCONF = "thermacore.urls_public"
 ROOT_URLCONF = "thermacore.urls"
 SHOW_PUBLIC_IF_NO_TENANT_FOUND = False
+DEFAULT_NOT_FOUND_TENANT_VIEW = "apps.tenants.views.unknown_host"
 
 AUTH_USER_MODEL = "accounts.User"
 
@@ -106,10 +115,15 @@ MIDDLEWARE = [
     # Rejects every request to a suspended tenant, logins included.
     "apps.tenants.middleware.TenantSuspensionMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Sets request.user.is_verified() from the TOTP step of the session.
+    "django_otp.middleware.OTPMiddleware",
+    # The tenant's session timeout, its two-factor roles and the networks allowed to call its API.
+    "apps.tenants.policy.TenantSecurityPolicyMiddleware",
     "apps.audit.middleware.AuditContextMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
@@ -183,8 +197,15 @@ CHANNEL_LAYERS = {
 TELEMETRY_MAX_FUTURE_SECONDS = env.int("THERMACORE_MAX_FUTURE_SECONDS", default=300)
 # How many days of reading partitions exist ahead of today (native partitioning).
 TELEMETRY_PARTITIONS_AHEAD_DAYS = env.int("THERMACORE_PARTITIONS_AHEAD_DAYS", default=7)
+# A readings write that takes longer than this, in seconds, is abandoned and
+# its batch spooled to Redis, so that a slow PostgreSQL does not stall the pollers.
+TELEMETRY_WRITE_TIMEOUT_SECONDS = env.float("THERMACORE_WRITE_TIMEOUT_SECONDS", default=10.0)
+# Redis holding the spool of batches PostgreSQL could not take; run it with appendonly yes.
+TELEMETRY_SPOOL_URL = env.str("THERMACORE_SPOOL_URL", default=REDIS_URL)
 # Upper bound of the back-off between polls of an unreachable device.
 PROTOCOLS_MAX_BACKOFF_SECONDS = env.int("THERMACORE_MAX_BACKOFF_SECONDS", default=300)
+# Fernet key that encrypts the private keys of stored certificates; empty to derive one from SECRET_KEY.
+THERMACORE_CERT_KEY = env.str("THERMACORE_CERT_KEY", default="")
 
 # Celery ---------------------------------------------------------------------
 
@@ -205,6 +226,16 @@ CELERY_TASK_ROUTES = {
 CELERY_TASK_DEFAULT_QUEUE = "default"
 # A poll that is already late is useless; drop it instead of piling up.
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# A task is acknowledged after it ran, and put back when its worker dies
+# mid-task, so a crash never loses it; tasks must therefore be idempotent.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+# The Redis transport hands an unacknowledged message to another worker after
+# this many seconds. It must exceed the longest task time_limit (3600 s) and
+# the longest countdown or ETA, or that task runs twice.
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": env.int("THERMACORE_BROKER_VISIBILITY_TIMEOUT", default=7200),
+}
 CELERY_TASK_TENANT_CACHE_SECONDS = 30
 # Keep Django's LOGGING in the worker, so its records carry the tenant schema too.
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
@@ -220,6 +251,19 @@ CELERY_BEAT_SCHEDULE = {
         "task": "telemetry.ensure_partitions",
         "schedule": 3600.0,
     },
+    "replay-reading-spool": {
+        "task": "telemetry.replay_spool",
+        "schedule": 10.0,
+        "options": {"expires": 20},
+    },
+    "warn-expiring-certificates": {
+        "task": "protocols.warn_expiring_certificates",
+        "schedule": 86400.0,
+    },
+    "apply-audit-retention": {
+        "task": "audit.apply_retention",
+        "schedule": 86400.0,
+    },
     "run-alarm-timers": {
         "task": "alarms.run_timers",
         "schedule": 5.0,
@@ -231,7 +275,8 @@ CELERY_BEAT_SCHEDULE = {
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
-    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    # Django's MinimumLengthValidator with the length from the tenant's security policy.
+    {"NAME": "apps.tenants.policy.TenantMinimumLengthValidator", "OPTIONS": {"min_length": 12}},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
@@ -257,6 +302,10 @@ PASSWORD_RESET_TIMEOUT = env.int("THERMACORE_PASSWORD_RESET_TIMEOUT_SECONDS", de
 EMAIL_CONFIG = env.email_url("THERMACORE_EMAIL_URL", default="consolemail://")
 vars().update(EMAIL_CONFIG)
 DEFAULT_FROM_EMAIL = env.str("THERMACORE_DEFAULT_FROM_EMAIL", default="ThermaCore <noreply@localhost>")
+# Directory of the archives that audit retention writes before it drops old entries (one folder per tenant).
+AUDIT_ARCHIVE_DIR = env.path("THERMACORE_AUDIT_ARCHIVE_DIR", default=str(BASE_DIR / "var" / "audit-archive"))
+# Directory of the audit exports that the audit page prepares in the background (one folder per tenant).
+AUDIT_EXPORT_DIR = env.path("THERMACORE_AUDIT_EXPORT_DIR", default=str(BASE_DIR / "var" / "audit-exports"))
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "dashboards:live"
 LOGOUT_REDIRECT_URL = "login"
@@ -275,6 +324,12 @@ REST_FRAMEWORK = {
     # Django's errors as JSON 4xx, then DRF's handler, which also audits permission denials.
     "EXCEPTION_HANDLER": "apps.api.exceptions.exception_handler",
     "DEFAULT_FILTER_BACKENDS": (),
+    # Each tenant's api_rate_limit per user or API key (apps.tenants.throttling).
+    "DEFAULT_THROTTLE_CLASSES": ("apps.tenants.throttling.TenantUserRateThrottle",),
+    "DEFAULT_THROTTLE_RATES": {
+        # Token issue and refresh, per client address, on top of the django-axes lockout.
+        "authentication": env.str("THERMACORE_AUTH_RATE_LIMIT", default="30/min"),
+    },
 }
 
 SIMPLE_JWT = {
@@ -301,6 +356,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # Several fields share these choices, so each set gets one schema name.
+    "ENUM_NAME_OVERRIDES": {
+        "AlarmPriorityEnum": "apps.alarms.choices.Priority",
+        "AlarmStateEnum": "apps.alarms.choices.AlarmState",
+    },
 }
 
 # Audit trail -----------------------------------------------------------------
@@ -335,9 +395,39 @@ WHITENOISE_AUTOREFRESH = DEBUG
 
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SECURE = IS_PRODUCTION
+# Pages send the CSRF token from the template (hx-headers), so no script needs the cookie.
+CSRF_COOKIE_HTTPONLY = True
 CSRF_COOKIE_SECURE = IS_PRODUCTION
+SECURE_SSL_REDIRECT = env.bool("THERMACORE_SSL_REDIRECT", default=IS_PRODUCTION)
 SECURE_HSTS_SECONDS = 31536000 if IS_PRODUCTION else 0
+# Every tenant is a subdomain served over HTTPS, so the rule covers them all.
+SECURE_HSTS_INCLUDE_SUBDOMAINS = IS_PRODUCTION
+SECURE_HSTS_PRELOAD = env.bool("THERMACORE_HSTS_PRELOAD", default=False)
+# Trust X-Forwarded-Proto only behind a proxy that sets it, e.g.
+# THERMACORE_PROXY_SSL_HEADER=HTTP_X_FORWARDED_PROTO=https; a client could send it too.
+if env.str("THERMACORE_PROXY_SSL_HEADER", default=""):
+    SECURE_PROXY_SSL_HEADER = tuple(env.str("THERMACORE_PROXY_SSL_HEADER").split("=", 1))
 X_FRAME_OPTIONS = "DENY"
+# Scripts and styles come only from our static files; no template has inline
+# code. 'self' covers the same-origin WebSocket of the hx-ws extension (CSP level 3).
+# uPlot sets styles through the CSSOM, which style-src does not restrict.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:"],
+        "connect-src": ["'self'"],
+        "font-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    },
+}
+# HSTS preloading commits the parent domain and all its subdomains to HTTPS for
+# months; the operator decides it with THERMACORE_HSTS_PRELOAD, so its check is silenced.
+SILENCED_SYSTEM_CHECKS = ["security.W021"]
 
 # Logging --------------------------------------------------------------------
 

@@ -3,6 +3,7 @@ from django.contrib.auth.admin import UserAdmin
 from django.contrib.auth.forms import UserChangeForm
 from django.core.exceptions import PermissionDenied
 
+from apps.audit.mixins import AuditedModelAdminMixin, AuditedPasswordChangeMixin
 from apps.tenants.admin import platform_admin_site
 
 from .models import User
@@ -19,7 +20,7 @@ class TenantUserChangeForm(UserChangeForm):
 
 
 @admin.register(User)
-class TenantUserAdmin(UserAdmin):
+class TenantUserAdmin(AuditedPasswordChangeMixin, AuditedModelAdminMixin, UserAdmin):
     """Users of one tenant; their rights come from the role alone, so groups and flags are hidden."""
 
     form = TenantUserChangeForm

@@ -7,6 +7,10 @@ class AccountsConfig(AppConfig):
     verbose_name = "Accounts"
     default = True
 
+    def ready(self):
+        # Registers the OpenAPI description of API keys with drf-spectacular.
+        from . import schema  # noqa: F401
+
 
 class TenantAdminConfig(admin_apps.AdminConfig):
     """Django's admin app with the role-checked site as ``admin.site``."""

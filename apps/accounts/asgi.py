@@ -17,6 +17,7 @@ from django.conf import settings
 from django.contrib.auth import get_user
 from django.contrib.auth.models import AnonymousUser
 from django.http.cookie import parse_cookie
+from django_otp import DEVICE_ID_SESSION_KEY
 from django_tenants.utils import schema_context
 from rest_framework.exceptions import AuthenticationFailed
 from rest_framework_simplejwt.exceptions import InvalidToken, TokenError
@@ -65,7 +66,13 @@ def authenticate_scope(scope):
             logger.warning("WebSocket session on schema %s rejected: origin %r does not match host %r", schema, origin, host)
             return AnonymousUser()
         session = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
-        return get_user(SimpleNamespace(session=session))
+        user = get_user(SimpleNamespace(session=session))
+        # A session that has not passed the TOTP step its role requires opens no WebSocket.
+        if user.is_authenticated and user.role in getattr(scope["tenant"], "two_factor_roles", ()) \
+                and not session.get(DEVICE_ID_SESSION_KEY):
+            logger.info("WebSocket session of user %s on schema %s lacks the two-factor step", user.pk, schema)
+            return AnonymousUser()
+        return user
 
 
 class TenantAuthMiddleware:

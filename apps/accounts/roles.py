@@ -134,6 +134,8 @@ APP_POLICIES = {
     "admin": AUDIT_LOG,
     "token_blacklist": SECURITY_RECORDS,
     "axes": SECURITY_RECORDS,
+    # Deleting a user's TOTP device lets them enrol a new one, e.g. after losing a phone.
+    "otp_totp": SECURITY_RECORDS,
     # Groups and per-user permissions are replaced by roles.
     "auth": NO_ACCESS,
     "contenttypes": NO_ACCESS,

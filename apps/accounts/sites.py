@@ -5,6 +5,7 @@ from django.contrib.admin.forms import AdminAuthenticationForm
 from django.core.exceptions import ValidationError
 
 from . import roles
+from .throttling import rate_limited_response
 
 
 def can_use_admin(user):
@@ -28,3 +29,10 @@ class TenantAdminSite(AdminSite):
 
     def has_permission(self, request):
         return can_use_admin(request.user)
+
+    def login(self, request, extra_context=None):
+        if request.method == "POST":
+            limited = rate_limited_response(request)
+            if limited is not None:
+                return limited
+        return super().login(request, extra_context)

@@ -1,9 +1,13 @@
-"""Password change and reset pages of a tenant; the mails go through the configured e-mail backend."""
+"""Password change and reset pages and the two-factor step of a tenant; mails go through the configured e-mail backend."""
 
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
+from . import two_factor
+
 urlpatterns = [
+    path("two-factor/", two_factor.verify, name="two_factor_verify"),
+    path("two-factor/setup/", two_factor.setup, name="two_factor_setup"),
     path("password_change/", auth_views.PasswordChangeView.as_view(), name="password_change"),
     path("password_change/done/", auth_views.PasswordChangeDoneView.as_view(), name="password_change_done"),
     path("password_reset/", auth_views.PasswordResetView.as_view(), name="password_reset"),

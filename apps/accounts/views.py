@@ -1,14 +1,17 @@
-"""Account endpoints of the API: token issue and logout, one's own profile and API keys."""
+"""Account endpoints: the login page, token issue and logout, one's own profile and API keys."""
 
+from django.contrib.auth import views as auth_views
 from rest_framework import generics, mixins, status, viewsets
 from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.response import Response
+from rest_framework.settings import api_settings
 from rest_framework_simplejwt import views as jwt_views
 
 from .models import ApiKey
 from .roles import Capability
 from .serializers import ApiKeySerializer, ProfileSerializer
 from .services import create_api_key, revoke_api_key, update_profile
+from .throttling import AuthenticationRateThrottle, rate_limited_response
 
 LOCKOUT_MESSAGE = (
     "Too many failed logins for this user name from this address; wait for the lockout to expire "
@@ -16,8 +19,24 @@ LOCKOUT_MESSAGE = (
 )
 
 
+# The tenant's API rate applies as everywhere, plus the per-address authentication rate.
+AUTHENTICATION_THROTTLES = [*api_settings.DEFAULT_THROTTLE_CLASSES, AuthenticationRateThrottle]
+
+
+class LoginView(auth_views.LoginView):
+    """Django's login page with the per-address authentication rate on its POSTs."""
+
+    def post(self, request, *args, **kwargs):
+        limited = rate_limited_response(request)
+        if limited is not None:
+            return limited
+        return super().post(request, *args, **kwargs)
+
+
 class TokenObtainPairView(jwt_views.TokenObtainPairView):
     """Issue an access and refresh token pair; failed attempts count towards the login lockout."""
+
+    throttle_classes = AUTHENTICATION_THROTTLES
 
     def post(self, request, *args, **kwargs):
         try:
@@ -28,6 +47,12 @@ class TokenObtainPairView(jwt_views.TokenObtainPairView):
             if getattr(request, "axes_locked_out", False):
                 return Response({"detail": LOCKOUT_MESSAGE}, status=status.HTTP_429_TOO_MANY_REQUESTS)
             raise
+
+
+class TokenRefreshView(jwt_views.TokenRefreshView):
+    """Return a new token pair for a refresh token and blacklist the one given."""
+
+    throttle_classes = AUTHENTICATION_THROTTLES
 
 
 class LogoutView(jwt_views.TokenBlacklistView):

@@ -9,7 +9,7 @@ from django.utils import timezone
 from django_filters import rest_framework as filters
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import serializers, status, viewsets
+from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.permissions import BasePermission, IsAuthenticated
 from rest_framework.response import Response
@@ -17,13 +17,16 @@ from rest_framework.response import Response
 from apps.audit.mixins import AuditedModelViewSetMixin
 
 from .choices import AlarmState, Priority
-from .kpis import compute_kpis
-from .models import Alarm, AlarmRule, AlarmTransition
-from .permissions import can_handle_alarms
+from .kpis import FLEETING_SHORTER_THAN, compute_kpis
+from .models import Alarm, AlarmRule, AlarmTransition, NotificationDelivery, NotificationTarget
+from .notifications import create_notification_target, rotate_webhook_secret
+from .permissions import can_acknowledge_alarms, can_configure_plant, can_shelve_alarms
 from .services import (
     MAX_SHELVE_DURATION,
     AlarmActionError,
     acknowledge_alarm,
+    remove_rule_from_service,
+    return_rule_to_service,
     shelve_alarm,
     unshelve_alarm,
 )
@@ -33,13 +36,25 @@ logger = logging.getLogger(__name__)
 DEFAULT_KPI_WINDOW = timedelta(days=1)
 
 
-class CanHandleAlarms(BasePermission):
-    """Allow acknowledging and shelving alarms."""
-
-    message = "You may not acknowledge or shelve alarms; ask an administrator for the permission."
+class CanAcknowledgeAlarms(BasePermission):
+    message = "Your role may not acknowledge alarms; ask an administrator for the operator role."
 
     def has_permission(self, request, view):
-        return can_handle_alarms(request.user)
+        return can_acknowledge_alarms(request.user)
+
+
+class CanShelveAlarms(BasePermission):
+    message = "Your role may not shelve alarms; ask an administrator for the operator role."
+
+    def has_permission(self, request, view):
+        return can_shelve_alarms(request.user)
+
+
+class CanConfigurePlant(BasePermission):
+    message = "Your role may not take alarm rules out of service; ask an administrator."
+
+    def has_permission(self, request, view):
+        return can_configure_plant(request.user)
 
 
 class AlarmRuleSerializer(serializers.ModelSerializer):
@@ -56,6 +71,11 @@ class AlarmRuleSerializer(serializers.ModelSerializer):
             "realarm_after",
             "stale_after",
             "alarm_state_value",
+            "rate_window",
+            "rate_per",
+            "setpoint",
+            "setpoint_sensor",
+            "band",
             "priority",
             "message",
             "rationale",
@@ -132,6 +152,10 @@ class AlarmCommentSerializer(serializers.Serializer):
     comment = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
 
 
+class OutOfServiceSerializer(serializers.Serializer):
+    comment = serializers.CharField(max_length=2000, help_text="Why the rule is taken out of service.")
+
+
 class ShelveSerializer(serializers.Serializer):
     comment = serializers.CharField(max_length=500, help_text="Why the alarm is shelved.")
     until = serializers.DateTimeField(required=False, help_text="When the shelving ends (ISO 8601 with offset).")
@@ -155,6 +179,9 @@ class ShelveSerializer(serializers.Serializer):
 class KpiWindowSerializer(serializers.Serializer):
     start = serializers.DateTimeField(required=False)
     end = serializers.DateTimeField(required=False)
+    fleeting_seconds = serializers.FloatField(
+        required=False, min_value=0.001, default=FLEETING_SHORTER_THAN.total_seconds()
+    )
 
 
 class AlarmFilter(filters.FilterSet):
@@ -181,10 +208,42 @@ class AlarmFilter(filters.FilterSet):
 
 
 class AlarmRuleViewSet(AuditedModelViewSetMixin, viewsets.ModelViewSet):
+    """Alarm rules, with the actions remove-from-service and return-to-service."""
+
     queryset = AlarmRule.objects.select_related("sensor")
     serializer_class = AlarmRuleSerializer
     filter_backends = (filters.DjangoFilterBackend,)
-    filterset_fields = ("sensor", "condition", "priority", "enabled")
+    filterset_fields = ("sensor", "condition", "priority", "enabled", "in_service")
+
+    @extend_schema(request=OutOfServiceSerializer, responses=AlarmRuleSerializer)
+    @action(
+        detail=True, methods=["post"], url_path="remove-from-service", permission_classes=[IsAuthenticated, CanConfigurePlant]
+    )
+    def remove_from_service(self, request, pk=None):
+        """Take the rule out of service with a reason; its open alarm goes out of service too. 409 when already out."""
+        payload = OutOfServiceSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        return self._perform(remove_rule_from_service, comment=payload.validated_data["comment"])
+
+    @extend_schema(request=AlarmCommentSerializer, responses=AlarmRuleSerializer)
+    @action(
+        detail=True, methods=["post"], url_path="return-to-service", permission_classes=[IsAuthenticated, CanConfigurePlant]
+    )
+    def return_to_service(self, request, pk=None):
+        """Put the rule back in service; its out-of-service alarm closes. 409 when already in service."""
+        payload = AlarmCommentSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        return self._perform(return_rule_to_service, comment=payload.validated_data["comment"])
+
+    def _perform(self, service, **arguments):
+        rule = self.get_object()
+        try:
+            service(rule, actor=self.request.user, **arguments)
+        except AlarmActionError as exc:
+            logger.info("Service change of alarm rule %s by user %s rejected: %s", rule.pk, self.request.user.pk, exc)
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        rule.refresh_from_db()
+        return Response(AlarmRuleSerializer(rule).data)
 
 
 class AlarmViewSet(viewsets.ReadOnlyModelViewSet):
@@ -207,21 +266,21 @@ class AlarmViewSet(viewsets.ReadOnlyModelViewSet):
         return super().get_serializer_class()
 
     @extend_schema(request=AlarmCommentSerializer, responses=AlarmSerializer)
-    @action(detail=True, methods=["post"], permission_classes=[IsAuthenticated, CanHandleAlarms])
+    @action(detail=True, methods=["post"], permission_classes=[IsAuthenticated, CanAcknowledgeAlarms])
     def acknowledge(self, request, pk=None):
         """Acknowledge the alarm; 409 when it is not unacknowledged, e.g. another operator was first."""
         payload = self._validated(AlarmCommentSerializer, request)
         return self._perform(acknowledge_alarm, actor=request.user, comment=payload["comment"])
 
     @extend_schema(request=ShelveSerializer, responses=AlarmSerializer)
-    @action(detail=True, methods=["post"], permission_classes=[IsAuthenticated, CanHandleAlarms])
+    @action(detail=True, methods=["post"], permission_classes=[IsAuthenticated, CanShelveAlarms])
     def shelve(self, request, pk=None):
         """Shelve the alarm with a reason until a time or for some minutes (at most one day)."""
         payload = self._validated(ShelveSerializer, request)
         return self._perform(shelve_alarm, actor=request.user, until=payload["until"], comment=payload["comment"])
 
     @extend_schema(request=AlarmCommentSerializer, responses=AlarmSerializer)
-    @action(detail=True, methods=["post"], permission_classes=[IsAuthenticated, CanHandleAlarms])
+    @action(detail=True, methods=["post"], permission_classes=[IsAuthenticated, CanShelveAlarms])
     def unshelve(self, request, pk=None):
         """Return a shelved alarm to the alarm list, or close it when its condition has cleared."""
         payload = self._validated(AlarmCommentSerializer, request)
@@ -237,12 +296,17 @@ class AlarmViewSet(viewsets.ReadOnlyModelViewSet):
             OpenApiParameter(
                 "end", OpenApiTypes.DATETIME, description="Exclusive end (ISO 8601 with offset); default now."
             ),
+            OpenApiParameter(
+                "fleeting_seconds",
+                OpenApiTypes.DOUBLE,
+                description="An activation that returns to normal within this many seconds is fleeting; default 5.",
+            ),
         ],
         responses=OpenApiTypes.OBJECT,
     )
     @action(detail=False, methods=["get"])
     def kpis(self, request):
-        """Return the alarm KPIs of [start, end): rates, flood, chattering, stale alarms, bad actors, priorities."""
+        """Return the alarm KPIs of [start, end): rates, flood, chattering, fleeting, stale, bad actors, priorities."""
         window = KpiWindowSerializer(data=request.query_params)
         window.is_valid(raise_exception=True)
         end = window.validated_data.get("end") or timezone.now()
@@ -251,7 +315,8 @@ class AlarmViewSet(viewsets.ReadOnlyModelViewSet):
             raise serializers.ValidationError(
                 {"start": [f"start {start.isoformat()} must be before end {end.isoformat()}."]}
             )
-        return Response(asdict(compute_kpis(start, end)))
+        fleeting = timedelta(seconds=window.validated_data["fleeting_seconds"])
+        return Response(asdict(compute_kpis(start, end, fleeting_shorter_than=fleeting)))
 
     def _validated(self, serializer_class, request):
         serializer = serializer_class(data=request.data)
@@ -268,3 +333,79 @@ class AlarmViewSet(viewsets.ReadOnlyModelViewSet):
             return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
         alarm = self.get_queryset().get(pk=alarm.pk)
         return Response(AlarmSerializer(alarm).data)
+
+
+class NotificationTargetSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = NotificationTarget
+        fields = ("id", "name", "kind", "purpose", "email", "url", "min_priority", "escalate_after", "enabled", "created_at")
+        read_only_fields = ("created_at",)
+
+    def validate(self, attrs):
+        attrs = super().validate(attrs)
+        try:
+            NotificationTarget(**attrs).clean()
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError(serializers.as_serializer_error(exc)) from exc
+        return attrs
+
+
+class NotificationDeliverySerializer(serializers.ModelSerializer):
+    class Meta:
+        model = NotificationDelivery
+        fields = (
+            "id", "target", "alarm", "event", "status", "attempts", "response_status", "last_error", "created_at", "delivered_at"
+        )
+        read_only_fields = fields
+
+
+class NotificationTargetViewSet(
+    mixins.CreateModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.DestroyModelMixin,
+    mixins.ListModelMixin,
+    viewsets.GenericViewSet,
+):
+    """Email and webhook targets of alarm notifications; a webhook's secret is returned only on create and rotate."""
+
+    queryset = NotificationTarget.objects.all()
+    serializer_class = NotificationTargetSerializer
+
+    def create(self, request, *args, **kwargs):
+        serializer = self.get_serializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        target, secret = create_notification_target(actor=request.user, **serializer.validated_data)
+        data = self.get_serializer(target).data
+        if secret is not None:
+            data["secret"] = secret
+        return Response(data, status=status.HTTP_201_CREATED)
+
+    def perform_destroy(self, instance):
+        from django.db import transaction
+
+        from apps.audit import services as audit
+        from apps.audit.choices import AuditAction
+
+        with transaction.atomic():
+            audit.record(AuditAction.OBJECT_DELETED, actor=self.request.user, obj=instance)
+            instance.delete()
+
+    @extend_schema(request=None, responses=OpenApiTypes.OBJECT)
+    @action(detail=True, methods=["post"], url_path="rotate-secret")
+    def rotate_secret(self, request, pk=None):
+        """Replace the webhook's signing secret and return the new one; this is the only time it is shown."""
+        target = self.get_object()
+        try:
+            secret = rotate_webhook_secret(target, actor=request.user)
+        except ValueError as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
+        return Response({"id": target.pk, "secret": secret})
+
+
+class NotificationDeliveryViewSet(viewsets.ReadOnlyModelViewSet):
+    """The delivery log of alarm notifications, newest first."""
+
+    queryset = NotificationDelivery.objects.all()
+    serializer_class = NotificationDeliverySerializer
+    filter_backends = (filters.DjangoFilterBackend,)
+    filterset_fields = ("target", "alarm", "status", "event")

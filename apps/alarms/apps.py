@@ -6,8 +6,15 @@ class AlarmsConfig(AppConfig):
     verbose_name = "Alarms"
 
     def ready(self):
+        from apps.accounts.roles import Capability, ModelPolicy, register_model_policy
         from apps.telemetry import subscribers
 
         from .evaluator import evaluate_readings
 
         subscribers.subscribe(evaluate_readings)
+        # Targets hold contact addresses and delivery logs their outcome: plant configurators only.
+        configure = Capability.CONFIGURE_PLANT
+        register_model_policy(
+            "alarms.notificationtarget", ModelPolicy(view=configure, add=configure, change=configure, delete=configure)
+        )
+        register_model_policy("alarms.notificationdelivery", ModelPolicy(view=configure))

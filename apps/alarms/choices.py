@@ -11,6 +11,9 @@ class Condition(models.TextChoices):
     BAD_QUALITY = "bad_quality", "Bad quality"
     STALE = "stale", "Stale data"
     DIGITAL = "digital", "Digital state"
+    RATE_OF_CHANGE = "roc", "Rate of change"
+    DEVIATION = "deviation", "Deviation from setpoint"
+    DEVICE_OFFLINE = "device_offline", "Device offline"
 
 
 HIGH_LIMITS = frozenset({Condition.HIGH_HIGH, Condition.HIGH})
@@ -18,11 +21,24 @@ LOW_LIMITS = frozenset({Condition.LOW, Condition.LOW_LOW})
 LIMIT_CONDITIONS = HIGH_LIMITS | LOW_LIMITS
 
 
+class RatePer(models.TextChoices):
+    """Time unit of a rate-of-change limit."""
+
+    SECOND = "second", "Per second"
+    MINUTE = "minute", "Per minute"
+
+
+RATE_PER_SECONDS = {RatePer.SECOND: 1.0, RatePer.MINUTE: 60.0}
+
+
 class Priority(models.TextChoices):
     LOW = "low", "Low"
     MEDIUM = "medium", "Medium"
     HIGH = "high", "High"
     CRITICAL = "critical", "Critical"
+
+
+PRIORITY_RANK = {priority: rank for rank, priority in enumerate(Priority.values)}
 
 
 class AlarmState(models.TextChoices):
@@ -55,9 +71,34 @@ class TransitionAction(models.TextChoices):
     REMOVE_FROM_SERVICE = "remove_from_service", "Removed from service"
     RETURN_TO_SERVICE = "return_to_service", "Returned to service"
     BACKFILL = "backfill", "Recorded from backfilled readings"
+    ESCALATE = "escalate", "Escalated while unacknowledged"
 
 
 # States an operator sees in the alarm list and banner; only these can be shelved.
 ANNUNCIATED_STATES = frozenset(
     {AlarmState.ACTIVE_UNACKNOWLEDGED, AlarmState.ACTIVE_ACKNOWLEDGED, AlarmState.RETURNED_UNACKNOWLEDGED}
 )
+
+
+class TargetKind(models.TextChoices):
+    EMAIL = "email", "Email"
+    WEBHOOK = "webhook", "Webhook (HMAC-SHA256 signed)"
+
+
+class TargetPurpose(models.TextChoices):
+    """Which alarm events a notification target receives."""
+
+    ANNUNCIATION = "annunciation", "Alarms as they are annunciated"
+    ESCALATION = "escalation", "Critical alarms left unacknowledged"
+
+
+class NotificationEvent(models.TextChoices):
+    ANNUNCIATED = "annunciated", "Alarm annunciated"
+    ESCALATED = "escalated", "Alarm escalated"
+
+
+class DeliveryStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    RETRYING = "retrying", "Failed, retrying"
+    DELIVERED = "delivered", "Delivered"
+    FAILED = "failed", "Failed after all retries"

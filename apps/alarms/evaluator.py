@@ -8,17 +8,19 @@ and recorded as backfilled history, so they are never annunciated.
 """
 
 import logging
-from collections import defaultdict
+from collections import defaultdict, deque
+from datetime import timedelta
 
 import redis
 from django.db import transaction
 from django_tenants.utils import schema_context
 
+from apps.sensors.quality import Quality, is_bad
 from apps.telemetry import latest
 from apps.telemetry.models import Reading
 from apps.units.choices import UnitStatus
 
-from .choices import AlarmState, TransitionAction
+from .choices import AlarmState, Condition, TransitionAction
 from .evaluation import Activation, ConditionTracker, raw_condition
 from .models import Alarm, AlarmRule, AlarmRuleState
 from .transitions import change_state, open_alarm
@@ -52,6 +54,7 @@ def evaluate_readings(schema, samples, live_sensor_ids):
         if not rules:
             return
         live_times = _cached_live_times(schema, {rule.sensor_id for rule in rules} - set(live_sensor_ids))
+        setpoints = live_setpoints(schema, rules)
 
         with transaction.atomic():
             states = lock_rule_states(rules)
@@ -62,11 +65,14 @@ def evaluate_readings(schema, samples, live_sensor_ids):
                 live, backfill = _split_live(
                     readings, state, rule.sensor_id in live_sensor_ids, live_times.get(rule.sensor_id)
                 )
+                if state.last_sample_time is None and live:
+                    live, older = _split_first_batch(rule, live)
+                    backfill = sorted([*backfill, *older], key=lambda sample: sample.time)
                 if live:
-                    _evaluate_live(rule, state, live)
+                    _evaluate_live(rule, state, live, setpoints.get(rule.pk))
                     evaluated.append(state)
                 if backfill:
-                    _record_backfill(rule, backfill)
+                    _record_backfill(rule, backfill, setpoints.get(rule.pk))
             if evaluated:
                 AlarmRuleState.objects.bulk_update(evaluated, STATE_FIELDS)
 
@@ -115,8 +121,107 @@ def _split_live(readings, state, changed_live_value, cached_live_time):
     return live, backfill
 
 
-def _evaluate_live(rule, state, readings):
-    tracker = ConditionTracker(
+def _split_first_batch(rule, readings):
+    """Split the first live readings of a rule without state into those newer and older than the sensor's history.
+
+    A rule created while its sensor already has readings must not annunciate
+    excursions from before its first batch, so readings older than the newest
+    reading stored before this batch are history for it.
+    """
+    batch_times = [sample.time for sample in readings]
+    previous = (
+        Reading.objects.filter(sensor_id=rule.sensor_id, time__lt=batch_times[-1])
+        .exclude(time__in=batch_times)
+        .order_by("-time")
+        .values_list("time", flat=True)
+        .first()
+    )
+    if previous is None:
+        return readings, []
+    return [sample for sample in readings if sample.time > previous], [
+        sample for sample in readings if sample.time <= previous
+    ]
+
+
+def live_setpoints(schema, rules):
+    """Return {rule id: setpoint} of the deviation rules in ``rules``; a setpoint sensor without a value is left out.
+
+    The setpoint is the setpoint sensor's live value when the batch is evaluated.
+    """
+    # TODO: a change of the setpoint sensor alone does not re-evaluate its deviation rules; the next reading does.
+    setpoints = {}
+    sensor_rules = []
+    for rule in rules:
+        if rule.condition != Condition.DEVIATION:
+            continue
+        if rule.setpoint_sensor_id is None:
+            setpoints[rule.pk] = rule.setpoint
+        else:
+            sensor_rules.append(rule)
+    if not sensor_rules:
+        return setpoints
+
+    sensor_ids = {rule.setpoint_sensor_id for rule in sensor_rules}
+    values = {}
+    try:
+        for sensor_id, (_time, value, quality) in latest.get_latest(schema, sensor_ids).items():
+            if value is not None and not is_bad(quality):
+                values[sensor_id] = value
+    except redis.RedisError:
+        logger.exception("Reading live setpoints failed for schema %s; using stored readings", schema)
+    for sensor_id in sensor_ids - set(values):
+        stored = (
+            Reading.objects.filter(sensor_id=sensor_id, value__isnull=False, quality__lt=Quality.BAD)
+            .order_by("-time")
+            .values_list("value", flat=True)
+            .first()
+        )
+        if stored is not None:
+            values[sensor_id] = stored
+    for rule in sensor_rules:
+        if rule.setpoint_sensor_id in values:
+            setpoints[rule.pk] = values[rule.setpoint_sensor_id]
+        else:
+            logger.warning("Rule %s: setpoint sensor %s has no good value; deviation not evaluated", rule.pk, rule.setpoint_sensor_id)
+    return setpoints
+
+
+def new_tracker(rule, *, before, setpoint=None, **state):
+    """Return a tracker for ``rule``; for a rate-of-change rule its window contains the good readings stored before ``before``."""
+    tracker = ConditionTracker(setpoint=setpoint, **state)
+    if rule.condition == Condition.RATE_OF_CHANGE:
+        window = (
+            Reading.objects.filter(
+                sensor_id=rule.sensor_id,
+                time__gte=before - timedelta(seconds=rule.rate_window),
+                time__lt=before,
+                value__isnull=False,
+                quality__lt=Quality.BAD,
+            )
+            .order_by("time")
+            .values_list("time", "value")
+        )
+        tracker.history = deque(window)
+        if not tracker.history:
+            # The newest reading before the window is the reference across a gap.
+            previous = (
+                Reading.objects.filter(
+                    sensor_id=rule.sensor_id, time__lt=before, value__isnull=False, quality__lt=Quality.BAD
+                )
+                .order_by("-time")
+                .values_list("time", "value")
+                .first()
+            )
+            if previous is not None:
+                tracker.history.append(previous)
+    return tracker
+
+
+def _evaluate_live(rule, state, readings, setpoint=None):
+    tracker = new_tracker(
+        rule,
+        before=readings[0].time,
+        setpoint=setpoint,
         active=state.condition_active,
         pending_since=state.pending_since,
         clear_pending_since=state.clear_pending_since,
@@ -202,21 +307,21 @@ def clear(rule, *, time, value):
     raise RuntimeError(f"Alarm rule {rule.pk}: its open alarm kept changing during return to normal; giving up.")
 
 
-def _record_backfill(rule, readings):
+def _record_backfill(rule, readings, setpoint=None):
     """Replay backfilled ``readings`` and store each excursion in them as a closed historical occurrence.
 
     The replay starts from the stored reading just before the first one, so
     an excursion already in progress there is not raised a second time.
     """
-    tracker = ConditionTracker()
+    tracker = new_tracker(rule, before=readings[0].time, setpoint=setpoint)
     previous = (
         Reading.objects.filter(sensor_id=rule.sensor_id, time__lt=readings[0].time)
         .order_by("-time")
         .values_list("value", "quality")
         .first()
     )
-    if previous is not None:
-        tracker.active = bool(raw_condition(rule, previous[0], previous[1], False))
+    if previous is not None and rule.condition != Condition.RATE_OF_CHANGE:
+        tracker.active = bool(raw_condition(rule, previous[0], previous[1], False, setpoint=setpoint))
 
     activation = None
     for sample in readings:
@@ -252,7 +357,7 @@ def _first_clear_after(rule, tracker, after):
     if following is None:
         return None
     time, value, quality = following
-    if raw_condition(rule, value, quality, tracker.active) is False:
+    if raw_condition(rule, value, quality, tracker.active, setpoint=tracker.setpoint) is False:
         return time
     return None
 

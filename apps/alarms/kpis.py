@@ -23,6 +23,8 @@ FLOOD_THRESHOLD = 10
 # An alarm chatters when it activates 3 or more times within 60 s.
 CHATTER_COUNT = 3
 CHATTER_WINDOW = timedelta(seconds=60)
+# An occurrence that returns to normal sooner than this after activating is a fleeting alarm.
+FLEETING_SHORTER_THAN = timedelta(seconds=5)
 # An alarm standing for more than a day is a stale alarm.
 STALE_AFTER = timedelta(hours=24)
 TOP_BAD_ACTORS = 10
@@ -54,16 +56,19 @@ class AlarmKpis:
     max_per_10_minutes: int = 0
     flood_percent: float = 0.0
     chattering: list[ChatteringAlarm] = field(default_factory=list)
+    fleeting: int = 0
+    fleeting_rule_ids: list[int] = field(default_factory=list)
     stale_alarm_ids: list[int] = field(default_factory=list)
     bad_actors: list[BadActor] = field(default_factory=list)
     priority_distribution: dict[str, float] = field(default_factory=dict)
 
 
-def compute_kpis(start, end):
+def compute_kpis(start, end, *, fleeting_shorter_than=FLEETING_SHORTER_THAN):
     """Compute the alarm KPIs of annunciated activations in [start, end).
 
     Rates and flood use fixed 10-minute intervals from ``start``; a final
-    interval shorter than 10 minutes counts as a whole one.
+    interval shorter than 10 minutes counts as a whole one. A fleeting alarm
+    is an activation whose condition returned within ``fleeting_shorter_than``.
     """
     if start >= end:
         raise ValueError(f"KPI window start {start.isoformat()} must be before end {end.isoformat()}.")
@@ -88,6 +93,7 @@ def compute_kpis(start, end):
     kpis.flood_percent = round(100.0 * flooded / buckets, 2)
 
     kpis.chattering = _chattering(activations, start, end)
+    kpis.fleeting, kpis.fleeting_rule_ids = _fleeting(start, end, fleeting_shorter_than)
     kpis.stale_alarm_ids = list(
         Alarm.objects.active()
         .filter(activated_at__lte=end - STALE_AFTER)
@@ -130,6 +136,36 @@ def _chattering(activations, start, end):
             )
         )
     return chattering
+
+
+def _fleeting(start, end, shorter_than):
+    """Return the number of fleeting activations in [start, end) and the ids of their rules.
+
+    Each return to normal is paired with the activation just before it in
+    the same occurrence, so a reactivated occurrence counts every excursion.
+    """
+    transitions = (
+        AlarmTransition.objects.filter(
+            alarm__backfilled=False,
+            action__in=[TransitionAction.ACTIVATE, TransitionAction.RETURN],
+            time__gte=start - shorter_than,
+            time__lt=end + shorter_than,
+        )
+        .order_by("alarm_id", "time", "id")
+        .values_list("alarm_id", "alarm__rule_id", "action", "time")
+    )
+    count = 0
+    rule_ids = set()
+    activated = {}
+    for alarm_id, rule_id, action, time in transitions:
+        if action == TransitionAction.ACTIVATE:
+            activated[alarm_id] = time
+            continue
+        started = activated.pop(alarm_id, None)
+        if started is not None and start <= started < end and time - started < shorter_than:
+            count += 1
+            rule_ids.add(rule_id)
+    return count, sorted(rule_ids)
 
 
 def _bad_actors(activations):

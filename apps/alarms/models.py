@@ -1,5 +1,6 @@
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.core.validators import URLValidator
 from django.db import models
 from django.db.models import Q
 
@@ -13,7 +14,12 @@ from .choices import (
     UNACKNOWLEDGED_STATES,
     AlarmState,
     Condition,
+    DeliveryStatus,
+    NotificationEvent,
     Priority,
+    RatePer,
+    TargetKind,
+    TargetPurpose,
     TransitionAction,
 )
 
@@ -53,6 +59,26 @@ class AlarmRule(models.Model):
     alarm_state_value = models.IntegerField(
         null=True, blank=True, help_text="Value of a digital sensor that is the alarm state, e.g. 1 for 'tripped'."
     )
+    rate_window = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="Seconds of readings a rate-of-change rule compares; the limit is the rate in units per rate_per.",
+    )
+    rate_per = models.CharField(max_length=8, choices=RatePer.choices, default=RatePer.SECOND)
+    setpoint = models.FloatField(null=True, blank=True, help_text="Fixed setpoint of a deviation rule.")
+    setpoint_sensor = models.ForeignKey(
+        Sensor,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="Sensor whose live value is the setpoint of a deviation rule, instead of a fixed setpoint.",
+    )
+    band = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="Engineering units a deviation rule allows either side of the setpoint before it alarms.",
+    )
     priority = models.CharField(max_length=16, choices=Priority.choices, default=Priority.MEDIUM)
     message = models.CharField(
         max_length=200, blank=True, help_text="Text shown to the operator; defaults to the condition."
@@ -86,6 +112,15 @@ class AlarmRule(models.Model):
                 condition=Q(deadband__gte=0) & Q(on_delay__gte=0) & Q(off_delay__gte=0),
                 name="alarms_rule_delays_and_deadband_not_negative",
             ),
+            models.CheckConstraint(
+                condition=~Q(condition=Condition.RATE_OF_CHANGE) | Q(limit__gt=0, rate_window__gt=0),
+                name="alarms_rule_rate_limit_and_window_required",
+            ),
+            models.CheckConstraint(
+                condition=~Q(condition=Condition.DEVIATION)
+                | (Q(band__gt=0) & (Q(setpoint__isnull=True) ^ Q(setpoint_sensor__isnull=True))),
+                name="alarms_rule_deviation_band_and_one_setpoint",
+            ),
         ]
 
     def __str__(self):
@@ -99,6 +134,18 @@ class AlarmRule(models.Model):
             errors["stale_after"] = "A stale-data rule needs stale_after, the seconds without a reading, above 0."
         if self.condition == Condition.DIGITAL and self.alarm_state_value is None:
             errors["alarm_state_value"] = "A digital-state rule needs alarm_state_value, the value that means alarm."
+        if self.condition == Condition.RATE_OF_CHANGE:
+            if self.limit is None or self.limit <= 0:
+                errors["limit"] = f"A rate-of-change rule needs a limit above 0 in units {self.get_rate_per_display().lower()}."
+            if not self.rate_window or self.rate_window <= 0:
+                errors["rate_window"] = "A rate-of-change rule needs rate_window, the seconds of readings to compare, above 0."
+        if self.condition == Condition.DEVIATION:
+            if not self.band or self.band <= 0:
+                errors["band"] = "A deviation rule needs band, the allowed deviation in engineering units, above 0."
+            if (self.setpoint is None) == (self.setpoint_sensor_id is None):
+                errors["setpoint"] = "A deviation rule needs either a fixed setpoint or a setpoint_sensor, not both."
+            elif self.setpoint_sensor_id is not None and self.setpoint_sensor_id == self.sensor_id:
+                errors["setpoint_sensor"] = "The setpoint sensor must be another sensor than the one the rule watches."
         for name in ("deadband", "on_delay", "off_delay"):
             value = getattr(self, name)
             if value is not None and value < 0:
@@ -112,6 +159,10 @@ class AlarmRule(models.Model):
             return self.message
         if self.condition in LIMIT_CONDITIONS:
             return f"{self.sensor.name} {self.get_condition_display().lower()} {self.limit:g}"
+        if self.condition == Condition.RATE_OF_CHANGE:
+            return f"{self.sensor.name} changing faster than {self.limit:g} {self.get_rate_per_display().lower()}"
+        if self.condition == Condition.DEVIATION:
+            return f"{self.sensor.name} deviates from setpoint by more than {self.band:g}"
         return f"{self.sensor.name} {self.get_condition_display().lower()}"
 
 
@@ -198,6 +249,7 @@ class Alarm(models.Model):
     shelved_by = models.ForeignKey(settings.AUTH_USER_MODEL, **USER_REFERENCE)
     closed_at = models.DateTimeField(null=True, blank=True)
     backfilled = models.BooleanField(default=False)
+    escalated_at = models.DateTimeField(null=True, blank=True)
 
     objects = AlarmManager()
 
@@ -259,3 +311,104 @@ class AlarmTransition(models.Model):
 
     def __str__(self):
         return f"alarm {self.alarm_id}: {self.from_state or '-'} -> {self.to_state} ({self.action})"
+
+
+class NotificationTargetQuerySet(models.QuerySet):
+    def receiving(self, purpose, priority):
+        """Enabled targets of ``purpose`` whose minimum priority ``priority`` reaches."""
+        from .choices import PRIORITY_RANK
+
+        allowed = [name for name, rank in PRIORITY_RANK.items() if rank <= PRIORITY_RANK[priority]]
+        return self.filter(enabled=True, purpose=purpose, min_priority__in=allowed)
+
+
+class NotificationTarget(models.Model):
+    """A recipient of a tenant's alarm notifications: an email address or a signed webhook, such as the on-call pager.
+
+    Annunciation targets receive each alarm of ``min_priority`` or higher as
+    it is annunciated. Escalation targets receive critical alarms still
+    unacknowledged ``escalate_after`` minutes after activation. A webhook's
+    signing secret is stored encrypted and shown only when it is created.
+    """
+
+    name = models.CharField(max_length=100)
+    kind = models.CharField(max_length=16, choices=TargetKind.choices)
+    purpose = models.CharField(max_length=16, choices=TargetPurpose.choices, default=TargetPurpose.ANNUNCIATION)
+    email = models.EmailField(blank=True)
+    # NOTE: any host the server can reach is accepted, including internal ones; only admins configure targets.
+    url = models.URLField(
+        blank=True,
+        max_length=500,
+        validators=[URLValidator(schemes=["http", "https"])],
+        help_text="HTTP(S) endpoint that receives the signed POST.",
+    )
+    secret_encrypted = models.TextField(blank=True, editable=False)
+    min_priority = models.CharField(max_length=16, choices=Priority.choices, default=Priority.HIGH)
+    escalate_after = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Minutes a critical alarm stays unacknowledged before escalation."
+    )
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = NotificationTargetQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["purpose", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["name"], name="alarms_target_unique_name"),
+            models.CheckConstraint(
+                condition=~Q(kind=TargetKind.EMAIL) | ~Q(email=""), name="alarms_target_email_required"
+            ),
+            models.CheckConstraint(
+                condition=~Q(kind=TargetKind.WEBHOOK) | (~Q(url="") & ~Q(secret_encrypted="")),
+                name="alarms_target_webhook_url_and_secret_required",
+            ),
+            models.CheckConstraint(
+                condition=~Q(purpose=TargetPurpose.ESCALATION) | Q(escalate_after__gt=0),
+                name="alarms_target_escalate_after_required",
+            ),
+        ]
+
+    def __str__(self):
+        return f"{self.name} ({self.get_kind_display()})"
+
+    def clean(self):
+        errors = {}
+        if self.kind == TargetKind.EMAIL and not self.email:
+            errors["email"] = "An email target needs an email address."
+        if self.kind == TargetKind.WEBHOOK and not self.url:
+            errors["url"] = "A webhook target needs the URL that receives the POST."
+        if self.purpose == TargetPurpose.ESCALATION and not self.escalate_after:
+            errors["escalate_after"] = "An escalation target needs escalate_after, in minutes, above 0."
+        if errors:
+            raise ValidationError(errors)
+
+
+class NotificationDelivery(models.Model):
+    """One notification of one alarm event to one target, with the outcome of its delivery attempts."""
+
+    target = models.ForeignKey(NotificationTarget, on_delete=models.CASCADE, related_name="deliveries")
+    alarm = models.ForeignKey(Alarm, on_delete=models.CASCADE, related_name="deliveries")
+    transition = models.ForeignKey(AlarmTransition, on_delete=models.CASCADE, related_name="deliveries")
+    event = models.CharField(max_length=16, choices=NotificationEvent.choices)
+    status = models.CharField(max_length=16, choices=DeliveryStatus.choices, default=DeliveryStatus.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    response_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name_plural = "notification deliveries"
+        constraints = [
+            models.UniqueConstraint(fields=["target", "transition"], name="alarms_delivery_one_per_target_transition"),
+            models.UniqueConstraint(
+                fields=["target", "alarm"],
+                condition=Q(event=NotificationEvent.ESCALATED),
+                name="alarms_delivery_one_escalation_per_target",
+            ),
+        ]
+
+    def __str__(self):
+        return f"{self.get_event_display()} of alarm {self.alarm_id} to {self.target_id}: {self.status}"

@@ -3,6 +3,7 @@ import logging
 from celery import shared_task
 from django.db import connection
 
+from .notifications import MAX_RETRIES, DeliveryError, attempt_delivery, retry_countdown
 from .timers import run_alarm_timers
 
 logger = logging.getLogger(__name__)
@@ -15,3 +16,14 @@ def run_alarm_timers_task():
     if any(counts.values()):
         logger.info("Schema %s: alarm timers %s", connection.schema_name, counts)
     return counts
+
+
+@shared_task(
+    bind=True, name="alarms.deliver_notification", max_retries=MAX_RETRIES, acks_late=True, soft_time_limit=30, time_limit=45
+)
+def deliver_notification_task(self, delivery_id):
+    """Send one notification delivery, retrying with exponential back-off while it fails."""
+    try:
+        return attempt_delivery(delivery_id, last_attempt=self.request.retries >= self.max_retries)
+    except DeliveryError as exc:
+        raise self.retry(exc=exc, countdown=retry_countdown(self.request.retries)) from exc

@@ -7,8 +7,9 @@ other updates zero rows, so it can report the conflict.
 
 import logging
 
-from .choices import ANNUNCIATED_STATES
+from .choices import ANNUNCIATED_STATES, AlarmState
 from .models import Alarm, AlarmTransition
+from .notifications import notify_annunciation
 from .push import push_alarm_after_commit
 
 logger = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ def change_state(alarm, *, to_state, action, time, actor=None, comment="", value
     alarm.state = to_state
     for name, field_value in fields.items():
         setattr(alarm, name, field_value)
-    AlarmTransition.objects.create(
+    transition = AlarmTransition.objects.create(
         alarm=alarm,
         time=time,
         action=action,
@@ -44,6 +45,8 @@ def change_state(alarm, *, to_state, action, time, actor=None, comment="", value
     )
     if from_state in ANNUNCIATED_STATES or to_state in ANNUNCIATED_STATES:
         push_alarm_after_commit(alarm)
+    if to_state == AlarmState.ACTIVE_UNACKNOWLEDGED and from_state != to_state:
+        notify_annunciation(alarm, transition)
     return True
 
 
@@ -60,9 +63,11 @@ def open_alarm(*, rule, state, action, time, condition_started_at, value, commen
         activation_value=value,
         **fields,
     )
-    AlarmTransition.objects.create(
+    transition = AlarmTransition.objects.create(
         alarm=alarm, time=time, action=action, from_state="", to_state=state, comment=comment, value=value
     )
     if state in ANNUNCIATED_STATES:
         push_alarm_after_commit(alarm)
+    if state == AlarmState.ACTIVE_UNACKNOWLEDGED:
+        notify_annunciation(alarm, transition)
     return alarm

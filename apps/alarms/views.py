@@ -12,8 +12,9 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from .choices import AlarmState, Priority
+from .kpis import compute_kpis
 from .models import Alarm
-from .permissions import can_handle_alarms
+from .permissions import can_acknowledge_alarms, can_handle_alarms, can_shelve_alarms
 from .services import MAX_SHELVE_DURATION, AlarmActionError, acknowledge_alarm, shelve_alarm, unshelve_alarm
 
 logger = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ LIST_VIEWS = {
 HISTORY_LIMIT = 200
 PRIORITY_ORDER = {priority: rank for rank, priority in enumerate(reversed(Priority.values))}
 SHELVE_MINUTES = (15, 60, 240, 480)
+KPI_PANEL_WINDOW = timedelta(hours=24)
 
 
 @login_required
@@ -57,8 +59,11 @@ def alarm_list(request):
         "can_handle": can_handle_alarms(request.user),
         "shelve_minutes": SHELVE_MINUTES,
     }
-    template = "alarms/partials/alarm_table.html" if request.htmx else "alarms/alarm_list.html"
-    return render(request, template, context)
+    if request.htmx:
+        return render(request, "alarms/partials/alarm_table.html", context)
+    end = timezone.now()
+    context["kpis"] = compute_kpis(end - KPI_PANEL_WINDOW, end)
+    return render(request, "alarms/alarm_list.html", context)
 
 
 @login_required
@@ -84,7 +89,10 @@ def banner(request):
 @require_POST
 def acknowledge(request, pk):
     return _act(
-        request, pk, lambda alarm: acknowledge_alarm(alarm, actor=request.user, comment=request.POST.get("comment", ""))
+        request,
+        pk,
+        lambda alarm: acknowledge_alarm(alarm, actor=request.user, comment=request.POST.get("comment", "")),
+        allowed=can_acknowledge_alarms(request.user),
     )
 
 
@@ -105,6 +113,7 @@ def shelve(request, pk):
         request,
         pk,
         lambda alarm: shelve_alarm(alarm, actor=request.user, until=until, comment=request.POST.get("comment", "")),
+        allowed=can_shelve_alarms(request.user),
     )
 
 
@@ -112,14 +121,17 @@ def shelve(request, pk):
 @require_POST
 def unshelve(request, pk):
     return _act(
-        request, pk, lambda alarm: unshelve_alarm(alarm, actor=request.user, comment=request.POST.get("comment", ""))
+        request,
+        pk,
+        lambda alarm: unshelve_alarm(alarm, actor=request.user, comment=request.POST.get("comment", "")),
+        allowed=can_shelve_alarms(request.user),
     )
 
 
-def _act(request, pk, perform):
+def _act(request, pk, perform, *, allowed):
     """Run one operator action and return the alarm's new table row to an HTMX request."""
-    if not can_handle_alarms(request.user):
-        raise PermissionDenied("You may not acknowledge or shelve alarms.")
+    if not allowed:
+        raise PermissionDenied("Your role may not acknowledge or shelve alarms.")
     alarm = get_object_or_404(Alarm, pk=pk)
     error = None
     try:

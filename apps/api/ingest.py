@@ -29,6 +29,9 @@ IngestResponseSerializer = inline_serializer(
     "IngestResponse",
     {
         "accepted": serializers.IntegerField(help_text="Readings stored now."),
+        "spooled": serializers.IntegerField(
+            help_text="Readings accepted while the database was unavailable; they are stored once it is back."
+        ),
         "duplicates": serializers.IntegerField(help_text="Readings whose sensor and time were already stored."),
         "rejected": serializers.IntegerField(help_text="Readings not stored; see rejections."),
         "rejections": inline_serializer(
@@ -86,16 +89,18 @@ class IngestView(APIView):
         )
         rejections.sort(key=lambda rejection: rejection["index"])
         logger.info(
-            "HTTP ingest into schema %s by user %s: %d accepted, %d duplicates, %d rejected",
+            "HTTP ingest into schema %s by user %s: %d accepted, %d spooled, %d duplicates, %d rejected",
             connection.schema_name,
             request.user.pk,
             result.accepted,
+            result.spooled,
             result.duplicates,
             len(rejections),
         )
         return Response(
             {
                 "accepted": result.accepted,
+                "spooled": result.spooled,
                 "duplicates": result.duplicates,
                 "rejected": len(rejections),
                 "rejections": rejections,

@@ -1,9 +1,8 @@
 from django.urls import include, path
 from rest_framework.routers import DefaultRouter
-from rest_framework_simplejwt.views import TokenRefreshView
 
-from apps.accounts.views import ApiKeyViewSet, LogoutView, ProfileView, TokenObtainPairView
-from apps.alarms.api import AlarmRuleViewSet, AlarmViewSet
+from apps.accounts.views import ApiKeyViewSet, LogoutView, ProfileView, TokenObtainPairView, TokenRefreshView
+from apps.alarms.api import AlarmRuleViewSet, AlarmViewSet, NotificationDeliveryViewSet, NotificationTargetViewSet
 
 from . import views
 from .ingest import IngestView
@@ -24,6 +23,8 @@ router.register("devices", views.DeviceViewSet)
 router.register("points", views.PointViewSet)
 router.register("alarm-rules", AlarmRuleViewSet)
 router.register("alarms", AlarmViewSet)
+router.register("alarm-notification-targets", NotificationTargetViewSet)
+router.register("alarm-notification-deliveries", NotificationDeliveryViewSet)
 
 urlpatterns = [
     path("auth/token/", TokenObtainPairView.as_view(), name="token_obtain_pair"),

@@ -1,3 +1,4 @@
+from dataclasses import asdict
 from datetime import timedelta
 
 from django.http import HttpResponse
@@ -12,6 +13,9 @@ from rest_framework.response import Response
 
 from apps.accounts.roles import Capability
 from apps.audit.mixins import AuditedModelViewSetMixin
+from apps.audit.services import record_data_read
+from apps.protocols.diagnostics import BrowseError, InvalidBrowseRequest, check_connection
+from apps.protocols.diagnostics import browse as browse_device
 from apps.protocols.models import Device, Point
 from apps.protocols.profiles import ProfileError, apply_profile, export_profile, parse_profile
 from apps.protocols.services import InvalidSetpoint, SetpointError, write_setpoint
@@ -47,7 +51,11 @@ class UnitViewSet(AuditedModelViewSetMixin, viewsets.ModelViewSet):
 class DeviceViewSet(AuditedModelViewSetMixin, viewsets.ModelViewSet):
     queryset = Device.objects.all()
     serializer_class = DeviceSerializer
-    action_capabilities = {"profile": Capability.CONFIGURE_PLANT}
+    action_capabilities = {
+        "profile": Capability.CONFIGURE_PLANT,
+        "test": Capability.CONFIGURE_PLANT,
+        "browse": Capability.CONFIGURE_PLANT,
+    }
 
     @extend_schema(request=DeviceProfileImportSerializer, responses={200: OpenApiTypes.OBJECT})
     @action(detail=True, methods=["get", "post"], serializer_class=DeviceProfileImportSerializer)
@@ -65,6 +73,41 @@ class DeviceViewSet(AuditedModelViewSetMixin, viewsets.ModelViewSet):
             issues = [{"line": issue.line, "field": issue.field, "message": issue.message} for issue in exc.issues]
             return Response({"profile": issues}, status=status.HTTP_400_BAD_REQUEST)
         return Response({"profile": profile.name, **result.__dict__})
+
+
+    @extend_schema(request=None, responses={200: OpenApiTypes.OBJECT})
+    @action(detail=True, methods=["post"], serializer_class=None)
+    def test(self, request, pk=None):
+        """Connect to the device, read its first point where the protocol allows, close, and report the outcome."""
+        return Response(asdict(check_connection(self.get_object())))
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("node", OpenApiTypes.STR, description="OPC UA node id to list; default the Objects folder."),
+            OpenApiParameter("topic", OpenApiTypes.STR, description="MQTT topic filter to listen to; default '#'."),
+            OpenApiParameter("seconds", OpenApiTypes.FLOAT, description="MQTT listening time in seconds; default 3."),
+        ],
+        responses={200: OpenApiTypes.OBJECT},
+    )
+    @action(detail=True, methods=["get"], serializer_class=None)
+    def browse(self, request, pk=None):
+        """List an OPC UA node's children, or the MQTT topics seen on the broker within a few seconds."""
+        device = self.get_object()
+        raw_seconds = request.query_params.get("seconds") or "3"
+        try:
+            seconds = float(raw_seconds)
+        except ValueError:
+            raise ValidationError({"seconds": f"{raw_seconds[:32]!r} is not a number of seconds, e.g. 3."}) from None
+        try:
+            found = browse_device(
+                device, node_id=request.query_params.get("node", ""),
+                topic_filter=request.query_params.get("topic") or "#", seconds=seconds,
+            )
+        except InvalidBrowseRequest as exc:
+            raise ValidationError({"detail": [str(exc)]}) from exc
+        except BrowseError as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_502_BAD_GATEWAY)
+        return Response({"results": [asdict(entry) for entry in found]})
 
 
 class PointViewSet(AuditedModelViewSetMixin, viewsets.ModelViewSet):
@@ -132,4 +175,6 @@ class SensorViewSet(AuditedModelViewSetMixin, viewsets.ModelViewSet):
             "time", "value", "quality"
         )
         page = self.paginate_queryset(readings)
+        # Each page of raw process data leaves the system, so every history read is recorded as an export.
+        record_data_read(request, sensor, start=start, end=end, rows=len(page))
         return self.get_paginated_response(ReadingSerializer(page, many=True).data)

@@ -133,7 +133,7 @@ def entry_hash(entry):
     return hashlib.sha256(canonical_json(canonical_content(entry)).encode("utf-8")).hexdigest()
 
 
-def find_first_break(entries, *, contiguous=True, anchors=None):
+def find_first_break(entries, *, contiguous=True, anchors=None, start=None):
     """Return the first ChainBreak in entries (ordered by sequence), or None when the chain is intact.
 
     With contiguous=True the entries must be the whole chain from sequence 1,
@@ -144,8 +144,17 @@ def find_first_break(entries, *, contiguous=True, anchors=None):
     `anchors` maps sequences to hashes known from earlier, e.g. from an
     export manifest. A chain rewritten from some entry on, with every hash
     recomputed, is consistent by itself, so only such an anchor reveals it.
+
+    `start` ({"sequence": n, "hash": h}) says that entries 1 to n were
+    archived and dropped by retention and that entry n hashed to h, so the
+    chain starts at entry n + 1, which must link to h. Anchors at or below n
+    are skipped because those entries are gone on purpose.
     """
-    anchors = {int(sequence): value for sequence, value in (anchors or {}).items()}
+    start_sequence = int(start["sequence"]) if start else 0
+    start_hash = start["hash"] if start else GENESIS_HASH
+    anchors = {
+        int(sequence): value for sequence, value in (anchors or {}).items() if int(sequence) > start_sequence
+    }
     previous = None
     for entry in entries:
         sequence = int(entry["sequence"])
@@ -164,16 +173,21 @@ def find_first_break(entries, *, contiguous=True, anchors=None):
             )
 
         if previous is None:
-            if contiguous and sequence != 1:
-                return ChainBreak(
-                    sequence, BreakKind.DELETED,
-                    f"Entries 1 to {sequence - 1} are missing: the chain starts at entry {sequence}.",
-                )
-            if sequence == 1 and entry["previous_hash"] != GENESIS_HASH:
+            if contiguous and sequence <= start_sequence:
                 return ChainBreak(
                     sequence, BreakKind.INSERTED,
-                    f"Entry 1 does not start the chain: its previous hash is {entry['previous_hash']}, "
-                    f"not {GENESIS_HASH}.",
+                    f"Entry {sequence} lies in the range 1 to {start_sequence} that retention archived and dropped.",
+                )
+            if contiguous and sequence != start_sequence + 1:
+                return ChainBreak(
+                    sequence, BreakKind.DELETED,
+                    f"Entries {start_sequence + 1} to {sequence - 1} are missing: the chain starts at entry {sequence}.",
+                )
+            if sequence == start_sequence + 1 and entry["previous_hash"] != start_hash:
+                return ChainBreak(
+                    sequence, BreakKind.INSERTED,
+                    f"Entry {sequence} does not start the chain: its previous hash is {entry['previous_hash']}, "
+                    f"not {start_hash}.",
                 )
         else:
             previous_sequence = int(previous["sequence"])
@@ -292,7 +306,8 @@ def verify_export(export_path, manifest_path):
             yield entry
 
     try:
-        failure = find_first_break(entries(), contiguous=manifest["contiguous"])
+        # An archive of entries dropped by retention starts after the archives before it.
+        failure = find_first_break(entries(), contiguous=manifest["contiguous"], start=manifest.get("chain_start"))
     except (ValueError, KeyError, TypeError) as exc:
         # A malformed value (time, address, JSON, sequence) in a row of the file.
         raise ExportInvalid(

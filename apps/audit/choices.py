@@ -36,8 +36,32 @@ class AuditAction(models.TextChoices):
     AUDIT_EXPORTED = "audit.exported", "Audit trail exported"
     TENANT_LIFECYCLE = "tenant.lifecycle", "Tenant lifecycle event"
 
+    SECURITY_ALARM = "security.alarm", "Security alarm raised"
+    RETENTION_DROPPED = "audit.retention_dropped", "Old entries archived and dropped"
+
+
+class SecurityTrigger(models.TextChoices):
+    """Pattern of audit entries that raises a security alarm; stored as the alarm entry's detail["trigger"]."""
+
+    FAILED_LOGIN_BURST = "failed_login_burst", "Burst of failed logins"
+    DENIAL_BURST = "denial_burst", "Repeated permission denials"
+    NEW_NETWORK = "new_network", "Credential used from a new network"
+    OFF_HOURS_SETPOINT = "off_hours_setpoint", "Setpoint written outside working hours"
+
+
+class CredentialType(models.TextChoices):
+    JWT = "jwt", "JWT of a user"
+    API_KEY = "api_key", "API key"
+
 
 class Outcome(models.TextChoices):
     SUCCESS = "success", "Success"
     FAILURE = "failure", "Failure"
     DENIED = "denied", "Denied"
+
+
+class ExportStatus(models.TextChoices):
+    PENDING = "pending", "Waiting for a worker"
+    RUNNING = "running", "Writing"
+    DONE = "done", "Ready"
+    FAILED = "failed", "Failed"

@@ -45,8 +45,9 @@ def current_context():
 @contextmanager
 def request_context(request):
     """Make `request` the current request of the audit trail for the duration of the block."""
-    token = _current_request.set(context_from_request(request))
+    context = context_from_request(request)
+    token = _current_request.set(context)
     try:
-        yield
+        yield context
     finally:
         _current_request.reset(token)

@@ -134,7 +134,14 @@ def build_manifest(schema, queryset, export_format, *, filters, through, chain_h
     for chunk in iter_export(schema, queryset, export_format):
         digest.update(chunk)
         size += len(chunk)
+    return manifest_for_file(
+        schema, queryset, export_format, filters=filters, through=through, chain_head=chain_head,
+        file_sha256=digest.hexdigest(), file_size=size,
+    )
 
+
+def manifest_for_file(schema, queryset, export_format, *, filters, through, chain_head, file_sha256, file_size):
+    """Return the manifest of an export file whose SHA-256 and size are already known, e.g. from writing it."""
     ordered = queryset.order_by("sequence")
     count = ordered.count()
     first = ordered.values("sequence", "previous_hash", "hash").first()
@@ -148,8 +155,8 @@ def build_manifest(schema, queryset, export_format, *, filters, through, chain_h
         # Without filters the export is the whole chain from entry 1, so gaps mean deleted entries.
         "contiguous": not filters,
         "entry_count": count,
-        "file_size": size,
-        "file_sha256": digest.hexdigest(),
+        "file_size": file_size,
+        "file_sha256": file_sha256,
         "first_entry": first,
         "last_entry": last,
         "chain_head": {"sequence": chain_head.sequence, "hash": chain_head.hash} if chain_head else None,

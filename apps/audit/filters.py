@@ -1,7 +1,7 @@
 import django_filters
 from rest_framework.exceptions import ValidationError
 
-from .choices import ActorType, AuditAction, Outcome
+from .choices import ActorType, AuditAction, Outcome, SecurityTrigger
 from .models import AuditEntry
 
 
@@ -22,6 +22,9 @@ class AuditEntryFilter(django_filters.FilterSet):
     object_id = django_filters.CharFilter()
     outcome = django_filters.ChoiceFilter(choices=Outcome.choices)
     request_id = django_filters.CharFilter()
+    trigger = django_filters.ChoiceFilter(
+        field_name="detail__trigger", choices=SecurityTrigger.choices, help_text="Trigger of a security alarm."
+    )
 
     class Meta:
         model = AuditEntry

@@ -2,6 +2,7 @@ from django.core.exceptions import PermissionDenied
 
 from .context import request_context
 from .denials import record_permission_denied
+from .monitoring import check_request_credential
 
 
 class AuditContextMiddleware:
@@ -14,8 +15,11 @@ class AuditContextMiddleware:
         self.get_response = get_response
 
     def __call__(self, request):
-        with request_context(request):
-            return self.get_response(request)
+        with request_context(request) as context:
+            response = self.get_response(request)
+            # DRF puts the token or API key that authenticated the request on request.auth.
+            check_request_credential(request, context.source_ip)
+            return response
 
     def process_exception(self, request, exception):
         # Django views and the admin raise PermissionDenied; DRF views report theirs through

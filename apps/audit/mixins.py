@@ -7,7 +7,7 @@ failure rolls the change back (see apps.audit.services.record).
 from django.db import transaction
 
 from .choices import AuditAction
-from .services import AuditTarget, record, snapshot
+from .services import REDACTED, AuditTarget, record, snapshot
 
 
 class AuditedModelViewSetMixin:
@@ -90,3 +90,24 @@ class AuditedModelAdminMixin:
                 )
             for target, before in doomed:
                 record(AuditAction.OBJECT_DELETED, actor=request.user, obj=target, before=before, request=request)
+
+
+class AuditedPasswordChangeMixin:
+    """Record a password set through django.contrib.auth's UserAdmin password form, without the password.
+
+    UserAdmin saves that form itself and never calls save_model, so
+    AuditedModelAdminMixin does not see it. Put this mixin before it.
+    """
+
+    def user_change_password(self, request, id, form_url=""):
+        with transaction.atomic():
+            response = super().user_change_password(request, id, form_url)
+            # The view redirects after it saved a valid form and renders the form again otherwise.
+            if request.method == "POST" and response.status_code == 302:
+                user = self.get_object(request, id)
+                record(
+                    AuditAction.OBJECT_UPDATED, actor=request.user, obj=user,
+                    changes={"password": [REDACTED, REDACTED]}, detail={"event": "password_changed"},
+                    request=request,
+                )
+        return response

@@ -12,13 +12,14 @@ from dataclasses import dataclass
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, transaction
 from django.utils import timezone
-from django_tenants.utils import get_public_schema_name
+from django_tenants.utils import get_public_schema_name, schema_context
 from rest_framework_api_key.models import AbstractAPIKey
 
 from .chain import GENESIS_HASH, entry_hash
 from .choices import ActorType, AuditAction, Outcome
 from .context import context_from_request, current_context
 from .models import AuditEntry
+from .monitoring import inspect_entry
 
 logger = logging.getLogger(__name__)
 
@@ -165,8 +166,7 @@ def record(
         changes = field_changes(before, after)
 
     with transaction.atomic():
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", [CHAIN_LOCK_NAMESPACE, schema])
+        lock_chain(schema)
         last = AuditEntry.objects.order_by("-sequence").values("sequence", "hash").first()
         entry = AuditEntry(
             sequence=last["sequence"] + 1 if last else 1,
@@ -188,12 +188,20 @@ def record(
         )
         entry.hash = entry_hash(hashed_values(entry, schema))
         entry.save(force_insert=True)
+        if action != AuditAction.SECURITY_ALARM:
+            inspect_entry(entry)
 
     logger.debug(
         "Audit entry %s on schema %s: %s %s:%s by %s:%s",
         entry.sequence, schema, action.value, target.type, target.id, acting.type, acting.id,
     )
     return entry
+
+
+def lock_chain(schema):
+    """Take the transaction-level advisory lock of a tenant's chain; it is released when the transaction ends."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", [CHAIN_LOCK_NAMESPACE, schema])
 
 
 def hashed_values(entry, schema):
@@ -222,3 +230,28 @@ def entry_row(entry):
         "previous_hash": entry.previous_hash,
         "hash": entry.hash,
     }
+
+
+def record_tenant_lifecycle(tenant, event, *, actor, detail=None):
+    """Record a tenant lifecycle event (provisioned, suspended, resumed) in that tenant's own chain.
+
+    Call it from the public schema inside the transaction of the change.
+    `actor` is a platform user of the public schema, recorded as
+    "platform:<name>" so it is not mistaken for a tenant user of the same
+    id, or an Actor such as Actor.system_job("tenants.provision").
+    """
+    if not isinstance(actor, Actor):
+        actor = Actor(ActorType.USER, str(actor.pk), f"platform:{actor.get_username()}")
+    with schema_context(tenant.schema_name):
+        return record(
+            AuditAction.TENANT_LIFECYCLE, actor=actor, obj=AuditTarget("tenants.tenant", str(tenant.pk), tenant.name),
+            detail={"event": event, **(detail or {})},
+        )
+
+
+def record_data_read(request, obj, *, start, end, rows):
+    """Record that the request's user read `rows` rows of process data of `obj` in [start, end)."""
+    return record(
+        AuditAction.DATA_EXPORTED, actor=request.user, obj=obj, request=request,
+        detail={"start": start.isoformat(), "end": end.isoformat(), "rows": rows, "path": request.path},
+    )

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from django_tenants.utils import schema_context
 
 from .chain import ChainBreak, find_first_break
+from .choices import AuditAction
 from .models import AuditEntry
 from .services import entry_row
 
@@ -26,6 +27,20 @@ class ChainReport:
         return self.first_break is None
 
 
+def retention_start():
+    """Return where the current tenant's chain starts after retention, as find_first_break's `start`, or None.
+
+    The latest retention entry names the last dropped entry and its hash; it
+    is part of the chain itself, so forging it breaks the chain after it.
+    """
+    latest = (
+        AuditEntry.objects.filter(action=AuditAction.RETENTION_DROPPED).order_by("-sequence").values("detail").first()
+    )
+    if latest is None:
+        return None
+    return {"sequence": latest["detail"]["through_sequence"], "hash": latest["detail"]["last_dropped_hash"]}
+
+
 def verify_chain(schema, *, anchors=None):
     """Verify the audit chain of one tenant schema from its first entry to its head.
 
@@ -40,7 +55,7 @@ def verify_chain(schema, *, anchors=None):
             yield {**entry_row(entry), "tenant": schema}
 
     with schema_context(schema):
-        first_break = find_first_break(rows(), contiguous=True, anchors=anchors)
+        first_break = find_first_break(rows(), contiguous=True, anchors=anchors, start=retention_start())
     last = counted["last"]
     return ChainReport(
         schema=schema,

@@ -1,10 +1,12 @@
 """WebSocket consumer that streams live values of a tenant's units to HTMX pages and API clients."""
 
+import asyncio
 import json
 import logging
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.template.loader import render_to_string
 from django_tenants.utils import schema_context
@@ -15,6 +17,7 @@ from apps.sensors.quality import is_bad, quality_label
 from apps.units.models import Unit
 
 from .groups import unit_group
+from .push import count_dropped_messages
 
 logger = logging.getLogger(__name__)
 
@@ -23,14 +26,38 @@ CLOSE_UNAUTHENTICATED = 4401
 CLOSE_BAD_REQUEST = 4400
 CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = 4404
+# The client fell behind and messages were dropped: it must reconnect and reload its state.
+CLOSE_RESYNC = 4409
 FORMATS = ("html", "json")
+
+# Messages a connection may have waiting for its client. A client that lets
+# more pile up is stalled. It is closed with CLOSE_RESYNC, so neither the
+# sender nor the other clients wait for it.
+# NOTE: Daphne 4.2 hands each frame to Twisted and returns at once, so under
+# Daphne the outbox never fills and a stalled client's frames pile up in the
+# server's write buffer instead. A server whose send waits for the socket to
+# drain (uvicorn with websockets) lets this limit take effect.
+OUTBOX_LIMIT = 100
+# Value updates to one client are merged to the newest value per sensor and
+# sent at most once per this interval, in seconds (at most 40 value messages
+# a second), and not before the client has taken the previous message.
+COALESCE_SECONDS = 0.025
+# Time a stalled client gets to take the close frame before the connection ends without it.
+CLOSE_TIMEOUT_SECONDS = 5
 
 
 class LiveValuesConsumer(AsyncWebsocketConsumer):
     """Join the groups of the requested units (all units by default) and forward their updates.
 
-    Query parameters: ``unit`` (repeatable unit id) and ``format`` ("html",
-    the default, sends hx-swap-oob fragments; "json" sends the readings).
+    Query parameters: ``unit`` (repeatable unit id), ``format`` ("html",
+    the default, sends hx-swap-oob fragments; "json" sends the readings) and
+    ``snapshot=1`` (JSON only: send the open alarms of the units first, as a
+    message of type "alarms"). Every JSON message carries ``seq``, numbered
+    from 1 per connection, so that a client can tell it missed none.
+
+    Messages go through a bounded outbox that one writer task sends in
+    order. Alarm changes are queued one by one; live values are merged to
+    the newest per sensor while the outbox is busy.
     """
 
     async def connect(self):
@@ -58,10 +85,27 @@ class LiveValuesConsumer(AsyncWebsocketConsumer):
         if unknown_units:
             await self._reject(CLOSE_NOT_FOUND, f"unit {sorted(unknown_units)[:10]} not found in this tenant.")
             return
+        snapshot = query.get("snapshot", ["0"])[0] == "1"
+        if snapshot and self.format != "json":
+            await self._reject(CLOSE_BAD_REQUEST, "snapshot=1 needs format=json.")
+            return
+        self.user_id = user.pk
+        self.seq = 0
+        self.outbox = asyncio.Queue(maxsize=OUTBOX_LIMIT)
+        self.pending_values = {}
+        self.flush_handle = None
+        self.last_flush = 0.0
+        self.closing = False
+        self.in_flight = None
         self.groups_joined = sorted({unit_group(self.schema, sensor["unit_id"]) for sensor in self.sensors.values()})
+        # Join before reading the snapshot, so that no change between the two is lost.
         for group in self.groups_joined:
             await self.channel_layer.group_add(group, self.channel_name)
         await self.accept()
+        self.writer = asyncio.create_task(self._write_outbox())
+        if snapshot:
+            alarms = await self._load_open_alarms({sensor["unit_id"] for sensor in self.sensors.values()})
+            self._enqueue_json({"type": "alarms", "alarms": alarms})
         logger.info(
             "Live socket opened on schema %s by user %s for %d units", self.schema, user.pk, len(self.groups_joined)
         )
@@ -69,6 +113,69 @@ class LiveValuesConsumer(AsyncWebsocketConsumer):
     async def disconnect(self, code):
         for group in getattr(self, "groups_joined", []):
             await self.channel_layer.group_discard(group, self.channel_name)
+        if getattr(self, "flush_handle", None) is not None:
+            self.flush_handle.cancel()
+        writer = getattr(self, "writer", None)
+        if writer is not None and writer is not asyncio.current_task():
+            writer.cancel()
+
+    async def _write_outbox(self):
+        """Send the queued messages in order; a client that does not read makes this wait."""
+        while True:
+            self.in_flight = await self.outbox.get()
+            await self.send(text_data=self.in_flight)
+            self.in_flight = None
+
+    def _enqueue(self, text):
+        """Queue ``text`` for the client; return False when the outbox is full."""
+        if self.closing:
+            return True
+        try:
+            self.outbox.put_nowait(text)
+        except asyncio.QueueFull:
+            return False
+        return True
+
+    def _enqueue_json(self, message):
+        self.seq += 1
+        return self._enqueue(json.dumps({**message, "seq": self.seq}))
+
+    async def _close_stalled(self):
+        """Drop what a stalled client has not taken, count it, and close with CLOSE_RESYNC.
+
+        Runs in the handler that found the outbox full, so this consumer reads
+        no further group messages meanwhile. They wait in the channel layer,
+        which drops them for this channel alone once its capacity is reached.
+        """
+        if self.closing:
+            return
+        self.closing = True
+        # The message that did not fit, the one the client has not taken, the queued ones, and the
+        # merged values not yet queued.
+        dropped = 1 + (self.in_flight is not None) + self.outbox.qsize() + (1 if self.pending_values else 0)
+        while not self.outbox.empty():
+            self.outbox.get_nowait()
+        self.pending_values.clear()
+        for group in self.groups_joined:
+            await self.channel_layer.group_discard(group, self.channel_name)
+        logger.warning(
+            "Live socket of user %s on schema %s stalled; dropped %d messages and closing it for a resync",
+            self.user_id, self.schema, dropped,
+        )
+        try:
+            await count_dropped_messages(self.schema, dropped)
+        except Exception:
+            # The count is for monitoring; the close below matters more.
+            logger.exception("Counting %d dropped live messages of schema %s failed", dropped, self.schema)
+        self.writer.cancel()
+        try:
+            # The close frame waits behind the messages the client has not read yet.
+            await asyncio.wait_for(self.close(code=CLOSE_RESYNC, reason="Fell behind; reconnect and reload."),
+                                   timeout=CLOSE_TIMEOUT_SECONDS)
+        except TimeoutError:
+            logger.warning("Live socket of user %s on schema %s took no close frame within %d s; ending it",
+                           self.user_id, self.schema, CLOSE_TIMEOUT_SECONDS)
+            raise StopConsumer() from None
 
     async def _reject(self, code, reason):
         """Accept and close at once, so that the client can read the close code and reason."""
@@ -91,13 +198,51 @@ class LiveValuesConsumer(AsyncWebsocketConsumer):
             }
             return found, unknown
 
+    @database_sync_to_async
+    def _load_open_alarms(self, unit_ids):
+        from apps.alarms.models import Alarm
+        from apps.alarms.push import alarm_payload
+
+        with schema_context(self.schema):
+            alarms = Alarm.objects.open().filter(unit_id__in=unit_ids).select_related("rule", "acknowledged_by")
+            return [alarm_payload(alarm) for alarm in alarms.order_by("pk")]
+
     async def readings_update(self, event):
-        readings = [reading for reading in event["readings"] if reading["sensor"] in self.sensors]
-        if not readings:
+        """Merge the readings into the pending newest value per sensor and schedule a flush."""
+        if self.closing:
+            await count_dropped_messages(self.schema, 1)
             return
+        for reading in event["readings"]:
+            if reading["sensor"] not in self.sensors:
+                continue
+            pending = self.pending_values.get(reading["sensor"])
+            # ISO 8601 times in UTC with the same offset sort as strings.
+            if pending is None or reading["time"] >= pending["time"]:
+                self.pending_values[reading["sensor"]] = reading
+        if self.pending_values and self.flush_handle is None:
+            loop = asyncio.get_running_loop()
+            delay = max(0.0, self.last_flush + COALESCE_SECONDS - loop.time())
+            self.flush_handle = loop.call_later(delay, self._flush_values)
+
+    def _flush_values(self):
+        loop = asyncio.get_running_loop()
+        self.flush_handle = None
+        if self.closing or not self.pending_values:
+            return
+        if not self.outbox.empty():
+            # The client is still taking earlier messages; keep merging values until it catches up.
+            self.flush_handle = loop.call_later(COALESCE_SECONDS, self._flush_values)
+            return
+        self.last_flush = loop.time()
+        readings = list(self.pending_values.values())
+        self.pending_values = {}
+        # The outbox is empty here, so the message always fits.
         if self.format == "json":
-            await self.send(text_data=json.dumps({"type": "readings", "readings": readings}))
+            self._enqueue_json({"type": "readings", "readings": readings})
             return
+        self._enqueue(self._render_values(readings))
+
+    def _render_values(self, readings):
         fragments = []
         for reading in readings:
             sensor = self.sensors[reading["sensor"]]
@@ -117,14 +262,20 @@ class LiveValuesConsumer(AsyncWebsocketConsumer):
                     },
                 )
             )
-        await self.send(text_data="".join(fragments))
+        return "".join(fragments)
 
     async def alarm_update(self, event):
-        """Forward an alarm change: the alarm as JSON, or an HTMX fragment that reloads the alarm banner."""
-        if self.format == "json":
-            await self.send(text_data=json.dumps({"type": "alarm", "alarm": event["alarm"]}))
+        """Queue an alarm change: the alarm as JSON, or an HTMX fragment that reloads the alarm banner."""
+        if self.closing:
+            # Sent to this channel before it left its groups.
+            await count_dropped_messages(self.schema, 1)
             return
-        await self.send(text_data=render_to_string("alarms/partials/banner_refresh.html"))
+        if self.format == "json":
+            queued = self._enqueue_json({"type": "alarm", "alarm": event["alarm"]})
+        else:
+            queued = self._enqueue(render_to_string("alarms/partials/banner_refresh.html"))
+        if not queued:
+            await self._close_stalled()
 
 
 class NotFoundConsumer(AsyncWebsocketConsumer):

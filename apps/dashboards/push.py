@@ -2,11 +2,12 @@
 
 import logging
 
-from asgiref.sync import async_to_sync
+from asgiref.sync import async_to_sync, sync_to_async
 from channels.layers import get_channel_layer
 from django_tenants.utils import schema_context
 
 from apps.sensors.models import Sensor
+from apps.telemetry import latest
 
 from .groups import unit_group
 
@@ -48,3 +49,17 @@ def push_readings(schema, samples, live_sensor_ids):
             unit_group(schema, unit_id), {"type": "readings.update", "readings": readings}
         )
     logger.debug("Schema %s: pushed %d live values to %d units", schema, len(newest), len(by_unit))
+
+
+def dropped_messages_key(schema):
+    return f"thermacore:{schema}:live:dropped"
+
+
+async def count_dropped_messages(schema, count):
+    """Add ``count`` to the tenant's total of live messages dropped for stalled clients (a Redis counter)."""
+    await sync_to_async(latest.get_client().incrby, thread_sensitive=False)(dropped_messages_key(schema), count)
+
+
+def dropped_messages(schema):
+    """Return how many live messages were dropped for the tenant's stalled clients so far."""
+    return int(latest.get_client().get(dropped_messages_key(schema)) or 0)

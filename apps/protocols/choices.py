@@ -56,3 +56,15 @@ class Dnp3PointType(models.TextChoices):
     FROZEN_COUNTER = "frozen_counter", "Frozen counter (group 21/23)"
     BINARY_OUTPUT_STATUS = "binary_output_status", "Binary output status (group 10/11)"
     ANALOG_OUTPUT_STATUS = "analog_output_status", "Analog output status (group 40/42)"
+
+
+class OpcUaSecurityMode(models.TextChoices):
+    NONE = "none", "None"
+    SIGN = "sign", "Sign"
+    SIGN_AND_ENCRYPT = "sign_and_encrypt", "Sign and encrypt"
+
+
+class OpcUaSecurityPolicy(models.TextChoices):
+    BASIC256SHA256 = "Basic256Sha256", "Basic256Sha256"
+    AES128_SHA256_RSAOAEP = "Aes128Sha256RsaOaep", "Aes128_Sha256_RsaOaep"
+    AES256_SHA256_RSAPSS = "Aes256Sha256RsaPss", "Aes256_Sha256_RsaPss"

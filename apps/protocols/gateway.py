@@ -40,10 +40,11 @@ logger = logging.getLogger(__name__)
 DEVICE_CONNECTION_FIELDS = (
     "protocol", "host", "port", "timeout", "endpoint_path", "username", "password", "client_id", "qos",
     "tls_ca_file", "tls_cert_file", "tls_key_file", "dnp3_master_address", "dnp3_outstation_address",
-    "integrity_interval", "event_poll_interval", "time_sync",
+    "integrity_interval", "event_poll_interval", "time_sync", "opcua_security_mode", "opcua_security_policy",
+    "client_certificate_id",
 )
 POINT_CONNECTION_FIELDS = (
-    "sensor_id", "topic", "json_path", "timestamp_path", "node_id", "sampling_interval_ms", "deadband",
+    "sensor_id", "topic", "json_path", "timestamp_path", "sparkplug_metric", "node_id", "sampling_interval_ms", "deadband",
     "dnp3_type", "dnp3_index", "scale", "offset",
 )
 
@@ -75,7 +76,7 @@ def load_specs():
     specs = {}
     for schema in schemas:
         with schema_context(schema):
-            devices = list(Device.objects.subscribed())
+            devices = list(Device.objects.subscribed().with_certificates())
             points = defaultdict(list)
             for point in Point.objects.filter(device__in=devices, enabled=True).order_by("pk"):
                 points[point.device_id].append(point)
@@ -83,6 +84,7 @@ def load_specs():
             device_points = tuple(points[device.pk])
             fingerprint = (
                 tuple(getattr(device, name) for name in DEVICE_CONNECTION_FIELDS),
+                tuple(sorted(certificate.pk for certificate in device.trusted_certificates.all())),
                 tuple((point.pk, *(getattr(point, name) for name in POINT_CONNECTION_FIELDS)) for point in device_points),
             )
             spec = ConnectionSpec(schema, device, device_points, fingerprint)

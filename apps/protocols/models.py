@@ -5,8 +5,19 @@ from django.utils import timezone
 
 from apps.sensors.models import Sensor
 
-from .choices import ByteOrder, DataType, DeviceStatus, Dnp3PointType, MqttQos, Protocol, RegisterType
+from .choices import (
+    ByteOrder,
+    DataType,
+    DeviceStatus,
+    Dnp3PointType,
+    MqttQos,
+    OpcUaSecurityMode,
+    OpcUaSecurityPolicy,
+    Protocol,
+    RegisterType,
+)
 from .modbus.codec import register_count
+from .mqtt.sparkplug import validate_point_topic as validate_sparkplug_topic
 from .mqtt.topics import validate_json_path, validate_topic_filter
 from .opcua.nodes import validate_node_id
 from .validators import validate_host
@@ -21,7 +32,65 @@ BIT_REGISTER_TYPES = {RegisterType.COIL, RegisterType.DISCRETE}
 CONNECTION_FIELDS = ("protocol", "host", "port", "unit_id", "timeout", "enabled", "endpoint_path", "username", "password")
 
 
+class CertificateQuerySet(models.QuerySet):
+    def with_private_key(self):
+        return self.exclude(private_key_encrypted="")
+
+    def expiring_before(self, moment):
+        return self.filter(not_valid_after__lte=moment)
+
+
+class Certificate(models.Model):
+    """An X.509 certificate of the tenant, such as ThermaCore's OPC UA client certificate or a trusted server's.
+
+    A client certificate has its private key, stored encrypted (see apps.protocols.certificates).
+    A certificate without a key can only be trusted. Create them with
+    ``certificates.generate_certificate`` or ``certificates.import_certificate``.
+    """
+
+    name = models.CharField(max_length=200, unique=True)
+    certificate_pem = models.TextField(help_text="The certificate in PEM form.")
+    private_key_encrypted = models.TextField(
+        blank=True, editable=False, help_text="Fernet token of the PEM private key; empty for a trusted certificate."
+    )
+    subject = models.CharField(max_length=500, editable=False)
+    application_uri = models.CharField(
+        max_length=500, blank=True, editable=False, help_text="First URI subject alternative name (OPC UA application URI)."
+    )
+    fingerprint_sha256 = models.CharField(max_length=64, editable=False)
+    not_valid_before = models.DateTimeField(editable=False)
+    not_valid_after = models.DateTimeField(editable=False, db_index=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = CertificateQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(fields=["fingerprint_sha256"], name="protocols_certificate_unique_fingerprint"),
+        ]
+
+    def __str__(self):
+        return f"{self.name} (until {self.not_valid_after:%Y-%m-%d})"
+
+    @property
+    def has_private_key(self):
+        return bool(self.private_key_encrypted)
+
+    def private_key_pem(self):
+        """Return the decrypted PEM private key; raise CertificateKeyError when the encryption key changed."""
+        from .certificates import decrypt_private_key
+
+        if not self.private_key_encrypted:
+            raise ValueError(f"Certificate {self.pk} ({self.name}) has no private key; it can only be trusted.")
+        return decrypt_private_key(self.private_key_encrypted)
+
+
 class DeviceQuerySet(models.QuerySet):
+    def with_certificates(self):
+        """Load the certificates that an OPC UA driver needs, so it never queries the database itself."""
+        return self.select_related("client_certificate").prefetch_related("trusted_certificates")
+
     def enabled(self):
         return self.filter(enabled=True)
 
@@ -96,6 +165,24 @@ class Device(models.Model):
         max_length=500, blank=True, help_text="Path of the client certificate's private key file (PEM)."
     )
 
+    opcua_security_mode = models.CharField(
+        max_length=16, choices=OpcUaSecurityMode.choices, default=OpcUaSecurityMode.NONE,
+        help_text="OPC UA message security; Sign and Sign and encrypt need a client certificate and trusted certificates.",
+    )
+    opcua_security_policy = models.CharField(
+        max_length=32, choices=OpcUaSecurityPolicy.choices, default=OpcUaSecurityPolicy.BASIC256SHA256,
+        help_text="OPC UA security policy, used unless the security mode is None.",
+    )
+    client_certificate = models.ForeignKey(
+        Certificate, on_delete=models.PROTECT, null=True, blank=True, related_name="client_devices",
+        limit_choices_to={"private_key_encrypted__gt": ""},
+        help_text="OPC UA: ThermaCore's certificate and private key for this connection.",
+    )
+    trusted_certificates = models.ManyToManyField(
+        Certificate, blank=True, related_name="trusting_devices",
+        help_text="OPC UA: server certificates, or CA certificates of them, that this device's server may present.",
+    )
+
     dnp3_master_address = models.PositiveIntegerField(
         default=1, validators=[MaxValueValidator(65519)], help_text="DNP3 link address of ThermaCore (the master)."
     )
@@ -159,8 +246,30 @@ class Device(models.Model):
             errors["endpoint_path"] = f"Endpoint path {self.endpoint_path!r} must start with '/', e.g. '/server/'."
         if self.password and not self.username:
             errors["username"] = "A password needs a user name; set the user name or clear the password."
+        self._clean_opcua_security(errors)
         if errors:
             raise ValidationError(errors)
+
+
+    def _clean_opcua_security(self, errors):
+        if self.opcua_security_mode == OpcUaSecurityMode.NONE:
+            return
+        if self.protocol != Protocol.OPCUA:
+            errors["opcua_security_mode"] = "A security mode only applies to OPC UA devices; set it to None."
+        elif self.client_certificate is None:
+            errors["client_certificate"] = (
+                f"Security mode {self.get_opcua_security_mode_display()!r} needs a client certificate; "
+                "generate one under Certificates or set the mode to None."
+            )
+        elif not self.client_certificate.has_private_key:
+            errors["client_certificate"] = (
+                f"Certificate {self.client_certificate.name!r} has no private key, so it cannot be a client certificate."
+            )
+        elif not self.client_certificate.application_uri:
+            errors["client_certificate"] = (
+                f"Certificate {self.client_certificate.name!r} has no URI subject alternative name, which OPC UA "
+                "needs as the application URI; generate a certificate instead."
+            )
 
 
 class Point(models.Model):
@@ -201,6 +310,12 @@ class Point(models.Model):
         blank=True,
         help_text="JSONPath of the source timestamp (epoch s or ms, or ISO 8601 with offset); "
         "empty to use the arrival time.",
+    )
+    sparkplug_metric = models.CharField(
+        max_length=255,
+        blank=True,
+        help_text="Sparkplug B metric name from the birth certificate, e.g. 'Boiler/SupplyTemp'; the topic is then "
+        "'spBv1.0/<group>/<edge node>' or 'spBv1.0/<group>/<edge node>/<device>'.",
     )
     node_id = models.CharField(
         max_length=255,
@@ -266,6 +381,8 @@ class Point(models.Model):
             self._clean_dnp3(errors)
         else:
             self._clean_modbus(errors)
+        if protocol != Protocol.MQTT and self.sparkplug_metric:
+            errors["sparkplug_metric"] = "A Sparkplug B metric only applies to MQTT points; clear it."
         if protocol != Protocol.OPCUA and self.node_id:
             errors["node_id"] = "A node id only applies to OPC UA points; clear it."
         if protocol != Protocol.DNP3 and (self.dnp3_type or self.dnp3_index is not None):
@@ -274,7 +391,9 @@ class Point(models.Model):
             raise ValidationError(errors)
 
     def _clean_mqtt(self, errors):
-        if not self.topic:
+        if self.sparkplug_metric:
+            self._clean_sparkplug(errors)
+        elif not self.topic:
             errors["topic"] = "An MQTT point needs a topic filter, e.g. 'plant/boiler1/temp'."
         else:
             try:
@@ -289,6 +408,15 @@ class Point(models.Model):
                     errors[field] = str(exc)
         if self.address is not None:
             errors["address"] = "A register address only applies to Modbus points; clear it for MQTT."
+
+    def _clean_sparkplug(self, errors):
+        try:
+            validate_sparkplug_topic(self.topic)
+        except ValueError as exc:
+            errors["topic"] = str(exc)
+        for field in ("json_path", "timestamp_path"):
+            if getattr(self, field):
+                errors[field] = f"A Sparkplug B metric has no {field.replace('_', ' ')}; clear it."
 
     def _clean_opcua(self, errors):
         if not self.node_id:

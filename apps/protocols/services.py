@@ -9,6 +9,8 @@ import logging
 import math
 from dataclasses import dataclass
 
+from django.db.models import prefetch_related_objects
+
 from apps.accounts.roles import Capability, check_capability
 from apps.audit import services as audit
 from apps.audit.choices import AuditAction, Outcome
@@ -48,6 +50,8 @@ def write_setpoint(point, value, *, actor):
     check_capability(actor, Capability.WRITE_SETPOINT)
     device = point.device
     value = _checked_value(point, value)
+    # The driver runs on an event loop, where the certificates could not be loaded lazily.
+    prefetch_related_objects([device], "client_certificate", "trusted_certificates")
 
     driver = get_driver(device.protocol)(device)
     try:

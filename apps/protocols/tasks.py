@@ -3,6 +3,7 @@ import logging
 from celery import shared_task
 from django.db import connection
 
+from .certificates import warn_expiring_certificates
 from .polling import poll_due_devices
 
 logger = logging.getLogger(__name__)
@@ -18,3 +19,9 @@ def poll_due_devices_task():
             connection.schema_name, summary.polled, summary.failed, summary.samples,
         )
     return {"polled": summary.polled, "failed": summary.failed, "samples": summary.samples}
+
+
+@shared_task(name="protocols.warn_expiring_certificates", soft_time_limit=60, time_limit=90)
+def warn_expiring_certificates_task():
+    """Log a warning for each certificate of the tenant schema that expires within 30 days."""
+    return [certificate.pk for certificate in warn_expiring_certificates()]

@@ -3,7 +3,9 @@
 Drivers, the HTTP ingest endpoint, CSV imports and edge uploads all call
 ``ingest(schema, samples)``. It validates the samples, drops duplicates,
 writes the batch with COPY, and after commit updates the latest-value cache
-and hands the stored samples to the registered subscribers.
+and hands the stored samples to the registered subscribers. When PostgreSQL
+is unreachable or too slow, the batch goes to a durable Redis stream
+(``apps.telemetry.spool``) and is ingested again from there later.
 """
 
 import logging
@@ -11,16 +13,17 @@ import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
+import psycopg
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, InterfaceError, OperationalError, connection, transaction
 from django_tenants.utils import schema_context
 from psycopg import errors as pg_errors
 
 from apps.sensors.models import Sensor
-from apps.sensors.quality import Quality, is_bad
+from apps.sensors.quality import Quality
 from apps.sensors.samples import Sample
 
-from . import latest, subscribers
+from . import latest, spool, subscribers
 from .partitions import ensure_partitions, forget_known_partitions
 
 logger = logging.getLogger(__name__)
@@ -48,15 +51,20 @@ class Rejection:
 
 @dataclass
 class IngestResult:
-    """Counts of one ingest call, and in ``stored`` the samples that were new to history."""
+    """Counts of one ingest call, and in ``stored`` the samples that were new to history.
+
+    ``spooled`` counts samples kept in the Redis spool because PostgreSQL
+    failed; they are validated and stored when the spool is replayed.
+    """
 
     accepted: int = 0
+    spooled: int = 0
     duplicates: int = 0
     rejected: list[Rejection] = field(default_factory=list)
     stored: list[Sample] = field(default_factory=list)
 
 
-def ingest(schema, samples):
+def ingest(schema, samples, *, spool_on_failure=True):
     """Validate and store ``samples`` in the readings of tenant ``schema``.
 
     A sample is rejected (and reported with its reason) when its sensor does
@@ -65,23 +73,33 @@ def ingest(schema, samples):
     sensor's physical range are stored with bad quality and no value. A
     sample whose sensor and time are already stored counts as a duplicate
     and adds no row.
+
+    When PostgreSQL fails (unreachable, connection lost, or the write takes
+    longer than TELEMETRY_WRITE_TIMEOUT_SECONDS), the samples are spooled and
+    counted in ``spooled``. The database error is raised instead when
+    ``spool_on_failure`` is False or the caller has a transaction open. A Redis
+    error while spooling is raised too, because then nothing was accepted.
     """
     samples = list(samples)
     result = IngestResult()
     if not samples:
         return result
 
-    with schema_context(schema):
-        valid = _validate(samples, result)
-        unique = _drop_repeats(valid, result)
-        if unique:
-            with transaction.atomic():
-                stored = _write(unique)
-                result.stored = stored
-                result.accepted = len(stored)
-                result.duplicates += len(unique) - len(stored)
-                if stored:
-                    transaction.on_commit(lambda stored=stored: _after_commit(schema, stored))
+    may_spool = spool_on_failure and not connection.in_atomic_block
+    try:
+        _ingest(schema, samples, result, bounded=may_spool)
+    except (OperationalError, InterfaceError, psycopg.OperationalError, psycopg.InterfaceError) as exc:
+        # COPY raises psycopg's own errors; Django wraps those of the other statements.
+        if not may_spool:
+            raise
+        # A broken connection stays broken until closed; the next call then reconnects.
+        connection.close_if_unusable_or_obsolete()
+        entry_id = spool.spool(schema, samples)
+        logger.warning(
+            "Schema %s: storing %d readings failed (%s); spooled them as entry %s",
+            schema, len(samples), str(exc).strip(), entry_id,
+        )
+        return IngestResult(spooled=len(samples))
 
     logger.debug(
         "Ingested into schema %s: %d accepted, %d duplicates, %d rejected",
@@ -90,7 +108,34 @@ def ingest(schema, samples):
     return result
 
 
+def _ingest(schema, samples, result, *, bounded):
+    with schema_context(schema):
+        unique = _validate(samples, result)
+        if not unique:
+            return
+        with transaction.atomic():
+            if bounded:
+                # Bounds this transaction's write, so that a stalled PostgreSQL sends the batch to the spool.
+                with connection.cursor() as cursor:
+                    cursor.execute(
+                        "SELECT set_config('statement_timeout', %s, true)",
+                        [f"{int(settings.TELEMETRY_WRITE_TIMEOUT_SECONDS * 1000)}ms"],
+                    )
+            stored = _write(unique)
+            result.stored = stored
+            result.accepted = len(stored)
+            result.duplicates += len(unique) - len(stored)
+            if stored:
+                transaction.on_commit(lambda stored=stored: _after_commit(schema, stored))
+
+
 def _validate(samples, result):
+    """Return the valid samples in UTC with checked values, dropping repeats of a sensor and time.
+
+    This loop runs once per reading, so it binds names locally and compares
+    plain ints instead of ``Quality`` members (an enum comparison costs
+    several times more).
+    """
     sensor_ids = {sample.sensor_id for sample in samples if isinstance(sample.sensor_id, int)}
     ranges = {
         sensor_id: (minimum, maximum)
@@ -98,68 +143,69 @@ def _validate(samples, result):
             "id", "minimum", "maximum"
         )
     }
-    latest_allowed = datetime.now(timezone.utc) + timedelta(seconds=settings.TELEMETRY_MAX_FUTURE_SECONDS)
-
+    max_future = settings.TELEMETRY_MAX_FUTURE_SECONDS
+    latest_allowed = datetime.now(timezone.utc) + timedelta(seconds=max_future)
+    utc = timezone.utc
+    rejected = result.rejected
+    seen = set()
     valid = []
     for index, sample in enumerate(samples):
-        if sample.sensor_id not in ranges:
-            result.rejected.append(
-                Rejection(index, sample.sensor_id, f"Sensor {sample.sensor_id!r} does not exist in this tenant.")
-            )
+        sensor_id = sample.sensor_id
+        sensor_range = ranges.get(sensor_id) if isinstance(sensor_id, int) else None
+        if sensor_range is None:
+            rejected.append(Rejection(index, sensor_id, f"Sensor {sensor_id!r} does not exist in this tenant."))
             continue
-        if not isinstance(sample.time, datetime):
-            result.rejected.append(
-                Rejection(index, sample.sensor_id, f"Time {sample.time!r} is not a timestamp.")
-            )
+        when = sample.time
+        if not isinstance(when, datetime):
+            rejected.append(Rejection(index, sensor_id, f"Time {when!r} is not a timestamp."))
             continue
         # Naive source times are UTC by convention of the protocols that send them.
-        when = sample.time.replace(tzinfo=timezone.utc) if sample.time.tzinfo is None else sample.time
-        when = when.astimezone(timezone.utc)
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=utc)
+        elif when.tzinfo is not utc:
+            when = when.astimezone(utc)
         if when > latest_allowed:
-            result.rejected.append(
+            rejected.append(
                 Rejection(
                     index,
-                    sample.sensor_id,
-                    f"Time {when.isoformat()} is more than {settings.TELEMETRY_MAX_FUTURE_SECONDS} s "
+                    sensor_id,
+                    f"Time {when.isoformat()} is more than {max_future} s "
                     "ahead of the server clock; check the device clock.",
                 )
             )
             continue
-        value, quality = _checked_value(sample.value, int(sample.quality), ranges[sample.sensor_id])
-        valid.append(Sample(sample.sensor_id, when, value, quality))
+        # Keep the first sample per sensor and time; later repeats in the batch count as duplicates.
+        identity = (sensor_id, when)
+        if identity in seen:
+            result.duplicates += 1
+            continue
+        seen.add(identity)
+        value, quality = _checked_value(sample.value, int(sample.quality), sensor_range)
+        valid.append(Sample(sensor_id, when, value, quality))
     return valid
+
+
+_BAD = int(Quality.BAD)
+_BAD_NOT_A_NUMBER = int(Quality.BAD_NOT_A_NUMBER)
+_BAD_OUT_OF_RANGE = int(Quality.BAD_OUT_OF_RANGE)
 
 
 def _checked_value(value, quality, sensor_range):
     """Return the (value, quality) to store: no number for bad, non-finite or out-of-range values."""
     if value is None:
-        return None, quality if is_bad(quality) else int(Quality.BAD)
+        return None, max(quality, _BAD)
     try:
         value = float(value)
     except (TypeError, ValueError):
-        return None, int(Quality.BAD_NOT_A_NUMBER)
+        return None, _BAD_NOT_A_NUMBER
     if not math.isfinite(value):
-        return None, int(Quality.BAD_NOT_A_NUMBER)
-    if is_bad(quality):
+        return None, _BAD_NOT_A_NUMBER
+    if quality >= _BAD:
         return None, quality
     minimum, maximum = sensor_range
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-        return None, int(Quality.BAD_OUT_OF_RANGE)
+        return None, _BAD_OUT_OF_RANGE
     return value, quality
-
-
-def _drop_repeats(samples, result):
-    """Keep the first sample per sensor and time; later repeats in the batch count as duplicates."""
-    seen = set()
-    unique = []
-    for sample in samples:
-        identity = (sample.sensor_id, sample.time)
-        if identity in seen:
-            result.duplicates += 1
-            continue
-        seen.add(identity)
-        unique.append(sample)
-    return unique
 
 
 def _write(samples):

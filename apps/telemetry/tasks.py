@@ -3,6 +3,7 @@ import logging
 from celery import shared_task
 from django.db import connection
 
+from . import spool
 from .partitions import ensure_partitions_ahead
 
 logger = logging.getLogger(__name__)
@@ -13,3 +14,9 @@ def ensure_partitions_task():
     """Create the coming days' reading partitions in the schema the task runs in."""
     ensure_partitions_ahead()
     logger.info("Reading partitions ensured for schema %s", connection.schema_name)
+
+
+@shared_task(name="telemetry.replay_spool", soft_time_limit=300, time_limit=360)
+def replay_spool_task():
+    """Store the readings spooled to Redis while PostgreSQL was away, oldest first."""
+    spool.replay(connection.schema_name)

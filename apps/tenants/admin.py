@@ -25,5 +25,11 @@ class TenantAdmin(TenantAdminMixin, admin.ModelAdmin):
     list_display = ("name", "schema_name", "created_at")
     search_fields = ("name", "schema_name")
     inlines = [DomainInline]
+    readonly_fields = ("status", "suspended_at", "suspension_reason", "created_at")
+    fieldsets = (
+        (None, {"fields": ("name", "schema_name", "time_zone", "status", "suspended_at", "suspension_reason", "created_at")}),
+        ("Quotas", {"fields": ("max_devices", "max_sensors", "max_users", "api_rate_limit", "retention_days")}),
+        ("Security policy", {"fields": ("password_min_length", "session_timeout_minutes", "api_allowed_networks")}),
+    )
     # A bulk delete from the list would skip each tenant's schema drop.
     actions = None

@@ -4,3 +4,8 @@ from django.apps import AppConfig
 class TenantsConfig(AppConfig):
     name = "apps.tenants"
     verbose_name = "Tenants"
+
+    def ready(self):
+        from . import quotas
+
+        quotas.connect_receivers()

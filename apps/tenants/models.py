@@ -1,9 +1,19 @@
+from django.contrib.postgres.fields import ArrayField
 from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import NotSupportedError, models
 from django_tenants.models import DomainMixin, TenantMixin
 
+from apps.accounts.choices import Role
+
 from .choices import TenantStatus
-from .validators import schema_name_validator, validate_domain_name, validate_time_zone
+from .validators import (
+    schema_name_validator,
+    validate_domain_name,
+    validate_network,
+    validate_throttle_rate,
+    validate_time_zone,
+)
 
 
 class TenantQuerySet(models.QuerySet):
@@ -20,7 +30,12 @@ class TenantQuerySet(models.QuerySet):
 
 
 class Tenant(TenantMixin):
-    """A customer company whose plant data lives in its own PostgreSQL schema."""
+    """A customer company whose plant data lives in its own PostgreSQL schema.
+
+    Quotas and the security policy are columns of this public-schema row, so
+    only the platform operator changes them and every request already has
+    them in ``request.tenant`` without a query into the tenant's schema.
+    """
 
     name = models.CharField(max_length=200)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -34,6 +49,49 @@ class Tenant(TenantMixin):
     suspended_at = models.DateTimeField(null=True, blank=True)
     suspension_reason = models.CharField(max_length=500, blank=True)
 
+    # Quotas: empty means no limit (apps.tenants.quotas enforces them).
+    max_devices = models.PositiveIntegerField(null=True, blank=True, help_text="Maximum number of devices; empty for no limit.")
+    max_sensors = models.PositiveIntegerField(null=True, blank=True, help_text="Maximum number of sensors; empty for no limit.")
+    max_users = models.PositiveIntegerField(
+        null=True, blank=True,
+        help_text="Maximum number of active accounts, the machine users of API keys included; empty for no limit.",
+    )
+    api_rate_limit = models.CharField(
+        max_length=32,
+        default="600/min",
+        validators=[validate_throttle_rate],
+        help_text="API requests each user or API key may make, e.g. '600/min', '20/s' or '10000/day'.",
+    )
+    # TODO: nothing deletes readings older than retention_days yet; telemetry needs a task that drops old partitions.
+    retention_days = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1)],
+        help_text="Days readings are kept; empty to keep them for ever.",
+    )
+
+    # Security policy (apps.tenants.policy).
+    password_min_length = models.PositiveSmallIntegerField(
+        default=12,
+        validators=[MinValueValidator(8), MaxValueValidator(128)],
+        help_text="Minimum password length for this tenant's users (8 to 128 characters).",
+    )
+    session_timeout_minutes = models.PositiveIntegerField(
+        default=480,
+        validators=[MinValueValidator(5), MaxValueValidator(60 * 24 * 14)],
+        help_text="Minutes of inactivity after which a browser session ends (5 minutes to 14 days).",
+    )
+    api_allowed_networks = ArrayField(
+        models.CharField(max_length=49, validators=[validate_network]),
+        default=list,
+        blank=True,
+        help_text="Networks in CIDR notation, e.g. 10.20.0.0/16, from which the API may be called; empty for any.",
+    )
+    two_factor_roles = ArrayField(
+        models.CharField(max_length=16, choices=Role.choices),
+        default=list,
+        blank=True,
+        help_text="Roles whose users must confirm each browser login with a TOTP code, e.g. admin,operator.",
+    )
+
     auto_create_schema = True
     auto_drop_schema = True
 
@@ -46,6 +104,12 @@ class Tenant(TenantMixin):
             models.CheckConstraint(
                 condition=~models.Q(status=TenantStatus.SUSPENDED) | models.Q(suspended_at__isnull=False),
                 name="tenants_tenant_suspended_has_time",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(password_min_length__gte=8), name="tenants_tenant_password_min_length_at_least_8"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(session_timeout_minutes__gte=5), name="tenants_tenant_session_timeout_at_least_5"
             ),
         ]
 

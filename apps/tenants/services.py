@@ -10,8 +10,7 @@ from django.utils import timezone
 from django_tenants.utils import get_public_schema_name, schema_context
 
 from apps.accounts.choices import Role
-from apps.audit.choices import ActorType, AuditAction
-from apps.audit.services import Actor, record
+from apps.audit.services import Actor, record_tenant_lifecycle
 
 from .choices import TenantStatus
 from .models import Domain, Tenant
@@ -20,7 +19,7 @@ from .validators import schema_name_validator, validate_domain_name
 logger = logging.getLogger(__name__)
 
 
-def provision_tenant(*, schema_name, name, domain, admin_username, admin_password, admin_email=""):
+def provision_tenant(*, schema_name, name, domain, admin_username, admin_password, admin_email="", actor=None):
     """Create a tenant with its schema, its primary domain and a first user with the Admin role.
 
     The schema is created and migrated by django-tenants when the tenant is
@@ -51,6 +50,10 @@ def provision_tenant(*, schema_name, name, domain, admin_username, admin_passwor
                 username=admin_username, email=admin_email, password=admin_password,
                 role=Role.ADMIN, is_staff=True,
             )
+            record_tenant_lifecycle(
+                tenant, "provisioned", actor=actor or Actor.system_job("tenants.provision"),
+                detail={"domain": domain, "admin_username": admin_username},
+            )
     except Exception:
         logger.exception("Provisioning tenant schema=%s failed; dropping its schema", schema_name)
         tenant.delete(force_drop=True)
@@ -79,13 +82,6 @@ def ensure_public_tenant(domain):
     return tenant
 
 
-def _record_lifecycle(tenant, event, actor, detail):
-    # The audit trail lives in the tenant's schema; the actor is a platform user of the public schema.
-    platform_actor = Actor(ActorType.USER, str(actor.pk), f"platform:{actor.get_username()}")
-    with schema_context(tenant.schema_name):
-        record(AuditAction.TENANT_LIFECYCLE, actor=platform_actor, detail={"event": event, **detail})
-
-
 def suspend_tenant(tenant, *, actor, reason):
     """Suspend a tenant: its domains return 403, its WebSockets are refused and beat stops polling it.
 
@@ -98,7 +94,7 @@ def suspend_tenant(tenant, *, actor, reason):
             status=TenantStatus.SUSPENDED, suspended_at=timezone.now(), suspension_reason=reason
         )
         if changed:
-            _record_lifecycle(tenant, "suspended", actor, {"reason": reason})
+            record_tenant_lifecycle(tenant, "suspended", actor=actor, detail={"reason": reason})
     tenant.refresh_from_db(fields=["status", "suspended_at", "suspension_reason"])
     if changed:
         logger.info("Suspended tenant schema=%s by platform user %s", tenant.schema_name, actor.pk)
@@ -112,7 +108,7 @@ def resume_tenant(tenant, *, actor):
             status=TenantStatus.ACTIVE, suspended_at=None, suspension_reason=""
         )
         if changed:
-            _record_lifecycle(tenant, "resumed", actor, {})
+            record_tenant_lifecycle(tenant, "resumed", actor=actor)
     tenant.refresh_from_db(fields=["status", "suspended_at", "suspension_reason"])
     if changed:
         logger.info("Resumed tenant schema=%s by platform user %s", tenant.schema_name, actor.pk)

@@ -1,3 +1,4 @@
+import ipaddress
 import re
 import zoneinfo
 
@@ -34,3 +35,27 @@ def validate_domain_name(value):
             "without scheme, port or path.",
             params={"value": repr(value)},
         )
+
+
+# The periods DRF's SimpleRateThrottle.parse_rate understands (it reads the first letter).
+THROTTLE_RATE_PATTERN = re.compile(r"^[1-9][0-9]{0,8}/(s|sec|second|m|min|minute|h|hour|d|day)$")
+
+
+def validate_throttle_rate(value):
+    """Accept a DRF throttle rate such as '600/min' or '20/s'."""
+    if not isinstance(value, str) or not THROTTLE_RATE_PATTERN.match(value):
+        raise ValidationError(
+            "%(value)s is not a request rate; write a count and a period, e.g. '600/min', '20/s', '5000/hour' or '100000/day'.",
+            params={"value": repr(value)},
+        )
+
+
+def validate_network(value):
+    """Accept an IPv4 or IPv6 network in CIDR notation without host bits, e.g. '10.20.0.0/16'."""
+    try:
+        ipaddress.ip_network(value, strict=True)
+    except ValueError as exc:
+        raise ValidationError(
+            "%(value)s is not a network in CIDR notation (%(reason)s); write e.g. '10.20.0.0/16' or '2001:db8::/32'.",
+            params={"value": repr(value), "reason": str(exc)},
+        ) from None

@@ -14,7 +14,8 @@ from rest_framework.views import APIView
 from apps.accounts.choices import Role
 from apps.accounts.services import create_api_key as create_api_key_service
 from apps.alarms.choices import AlarmState, Condition
-from apps.alarms.models import Alarm, AlarmRule
+from apps.alarms.models import Alarm, AlarmRule, AlarmTransition, NotificationDelivery
+from apps.alarms.notifications import create_notification_target as create_notification_target_service
 from tests.conftest import admin_of
 from tests.accounts.routes import is_format_suffix_variant, iter_routes
 from tests.factories import DeviceFactory, PointFactory, SensorFactory, SiteFactory, UnitFactory
@@ -53,10 +54,21 @@ EXPECTED_ACCESS = {
     ("alarm-acknowledge", "POST"): OPERATORS,
     ("alarm-shelve", "POST"): OPERATORS,
     ("alarm-unshelve", "POST"): OPERATORS,
+    ("alarmrule-remove-from-service", "POST"): ADMIN_ONLY,
+    ("alarmrule-return-to-service", "POST"): ADMIN_ONLY,
+    ("notificationtarget-list", "GET"): ADMIN_ONLY,
+    ("notificationtarget-list", "POST"): ADMIN_ONLY,
+    ("notificationtarget-detail", "GET"): ADMIN_ONLY,
+    ("notificationtarget-detail", "DELETE"): ADMIN_ONLY,
+    ("notificationtarget-rotate-secret", "POST"): ADMIN_ONLY,
+    ("notificationdelivery-list", "GET"): ADMIN_ONLY,
+    ("notificationdelivery-detail", "GET"): ADMIN_ONLY,
     ("sensor-readings", "GET"): PLANT_READERS,
     ("point-write", "POST"): OPERATORS,
     ("device-profile", "GET"): ADMIN_ONLY,
     ("device-profile", "POST"): ADMIN_ONLY,
+    ("device-test", "POST"): ADMIN_ONLY,
+    ("device-browse", "GET"): ADMIN_ONLY,
     ("audit-entry-list", "GET"): AUDIT_READERS,
     ("audit-export", "GET"): AUDIT_READERS,
     ("audit-export-manifest", "GET"): AUDIT_READERS,
@@ -94,8 +106,26 @@ def create_alarm():
     )
 
 
+def create_notification_target():
+    return create_notification_target_service(
+        actor=admin_of("alpha"), name="Pager", kind="webhook", url="http://127.0.0.1:9/hook"
+    )[0]
+
+
+def create_notification_delivery():
+    alarm = create_alarm()
+    transition = AlarmTransition.objects.create(
+        alarm=alarm, time=alarm.activated_at, action="activate", to_state=alarm.state
+    )
+    return NotificationDelivery.objects.create(
+        target=create_notification_target(), alarm=alarm, transition=transition, event="annunciated"
+    )
+
+
 # Objects that detail routes act on, by the model of the view's queryset.
 FACTORIES = {
+    "alarms.notificationtarget": create_notification_target,
+    "alarms.notificationdelivery": create_notification_delivery,
     "accounts.apikey": create_api_key,
     "alarms.alarmrule": create_alarm_rule,
     "alarms.alarm": create_alarm,

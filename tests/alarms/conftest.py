@@ -79,3 +79,14 @@ def committed_alarm(django_db_setup, django_db_blocker):
         unit.delete()
         unit.site.delete()
     connection.set_schema_to_public()
+
+
+@pytest.fixture
+def eager_tasks():
+    """Run Celery tasks in the calling thread, retries included, as a worker would run them."""
+    from thermacore.celery import app
+
+    previous = app.conf.task_always_eager
+    app.conf.task_always_eager = True
+    yield
+    app.conf.task_always_eager = previous

@@ -104,6 +104,8 @@ def test_alarm_list_filters_by_unit(alpha_api, alarms):
 
 
 def test_alarm_list_query_count_does_not_grow(alpha_api, alarms, feed):
+    # The first request of a token records its client network once; measure the steady state.
+    alpha_api.get("/api/v1/alarms/")
     with CaptureQueriesContext(connection) as two_alarms:
         alpha_api.get("/api/v1/alarms/")
     for limit in (20.0, 30.0, 40.0):
@@ -204,3 +206,131 @@ def test_alarms_cannot_be_created_or_deleted_over_api(alpha_api, alarms):
     assert created.status_code in (403, 405)
     assert deleted.status_code in (403, 405)
     assert Alarm.objects.count() == 2
+
+
+def client_with_role(role):
+    user = get_user_model().objects.create_user(f"{role}-user", password="Role-pass-4711", role=role)
+    client = APIClient(HTTP_HOST=TENANT_DOMAINS["alpha"])
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {access_token_for('alpha', user)}")
+    return client
+
+
+def test_operator_role_may_acknowledge_and_shelve(alpha, alarms):
+    high, low = alarms
+    operator = client_with_role("operator")
+
+    acknowledged = operator.post(f"/api/v1/alarms/{high.pk}/acknowledge/", {}, format="json")
+    shelved = operator.post(f"/api/v1/alarms/{low.pk}/shelve/", {"comment": "Sensor fault", "minutes": 30}, format="json")
+
+    assert acknowledged.status_code == 200
+    assert shelved.status_code == 200
+    assert Alarm.objects.get(pk=low.pk).state == AlarmState.SHELVED
+
+
+def test_viewer_role_may_not_shelve(alpha, alarms):
+    high, _low = alarms
+
+    response = client_with_role("viewer").post(
+        f"/api/v1/alarms/{high.pk}/shelve/", {"comment": "x", "minutes": 30}, format="json"
+    )
+
+    assert response.status_code == 403
+    assert "shelve" in response.data["detail"]
+
+
+def test_rule_out_of_service_and_back_over_api(alpha_api, alarms):
+    high, _low = alarms
+    rule_url = f"/api/v1/alarm-rules/{high.rule_id}"
+
+    removed = alpha_api.post(f"{rule_url}/remove-from-service/", {"comment": "Transmitter broken"}, format="json")
+    again = alpha_api.post(f"{rule_url}/remove-from-service/", {"comment": "Twice"}, format="json")
+    high.refresh_from_db()
+    state_while_out = high.state
+    returned = alpha_api.post(f"{rule_url}/return-to-service/", {"comment": "Replaced"}, format="json")
+
+    high.refresh_from_db()
+    assert removed.status_code == 200
+    assert removed.data["in_service"] is False
+    assert again.status_code == 409
+    assert "already out of service" in again.data["detail"]
+    assert state_while_out == AlarmState.OUT_OF_SERVICE
+    assert returned.status_code == 200
+    assert returned.data["in_service"] is True
+    assert high.state == AlarmState.NORMAL
+    assert [t.action for t in high.transitions.all()][-2:] == [
+        TransitionAction.REMOVE_FROM_SERVICE,
+        TransitionAction.RETURN_TO_SERVICE,
+    ]
+
+
+def test_out_of_service_needs_reason(alpha_api, alarms):
+    high, _low = alarms
+
+    response = alpha_api.post(f"/api/v1/alarm-rules/{high.rule_id}/remove-from-service/", {}, format="json")
+
+    assert response.status_code == 400
+    assert "comment" in response.data
+
+
+def test_operator_may_not_take_rule_out_of_service(alpha, alarms):
+    high, _low = alarms
+
+    response = client_with_role("operator").post(
+        f"/api/v1/alarm-rules/{high.rule_id}/remove-from-service/", {"comment": "x"}, format="json"
+    )
+
+    assert response.status_code == 403
+    assert AlarmRule.objects.get(pk=high.rule_id).in_service is True
+
+
+def test_kpis_include_fleeting_over_api(alpha_api, alarms):
+    response = alpha_api.get("/api/v1/alarms/kpis/", {"fleeting_seconds": 2})
+
+    assert response.status_code == 200
+    assert response.data["fleeting"] == 0
+    assert response.data["fleeting_rule_ids"] == []
+
+
+def test_webhook_target_secret_shown_only_on_create(alpha_api):
+    created = alpha_api.post(
+        "/api/v1/alarm-notification-targets/",
+        {"name": "Pager", "kind": "webhook", "url": "http://127.0.0.1:9/hook", "min_priority": "critical"},
+        format="json",
+    )
+    fetched = alpha_api.get(f"/api/v1/alarm-notification-targets/{created.data['id']}/")
+    rotated = alpha_api.post(f"/api/v1/alarm-notification-targets/{created.data['id']}/rotate-secret/")
+
+    assert created.status_code == 201
+    assert len(created.data["secret"]) >= 40
+    assert "secret" not in fetched.data
+    assert "secret_encrypted" not in fetched.data
+    assert rotated.data["secret"] != created.data["secret"]
+
+
+def test_invalid_target_names_field(alpha_api):
+    response = alpha_api.post(
+        "/api/v1/alarm-notification-targets/",
+        {"name": "Escalation", "kind": "email", "email": "a@example.com", "purpose": "escalation"},
+        format="json",
+    )
+
+    assert response.status_code == 400
+    assert "escalate_after" in response.data
+
+
+def test_rule_api_accepts_deviation_rule(alpha_api, sensor):
+    setpoint = SensorFactory(unit=sensor.unit)
+
+    response = alpha_api.post(
+        "/api/v1/alarm-rules/",
+        {"sensor": sensor.pk, "condition": "deviation", "setpoint_sensor": setpoint.pk, "band": 3.0},
+        format="json",
+    )
+    missing = alpha_api.post(
+        "/api/v1/alarm-rules/", {"sensor": sensor.pk, "condition": "roc", "limit": 2.0}, format="json"
+    )
+
+    assert response.status_code == 201
+    assert response.data["setpoint_sensor"] == setpoint.pk
+    assert missing.status_code == 400
+    assert "rate_window" in missing.data

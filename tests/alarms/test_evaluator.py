@@ -285,3 +285,30 @@ def test_rules_of_other_sensors_are_not_evaluated(sensor, make_rule, feed):
     feed(sensor, (at(0), 120.0))
 
     assert Alarm.objects.count() == 0
+
+
+def test_new_rule_first_batch_backfills_old_excursion(sensor, make_rule, feed, alarm_pushes):
+    feed(sensor, (at(0), 50.0), (at(3600), 52.0))
+    rule = make_rule(condition="hi", limit=90.0)
+
+    # A backlog around the live value: the excursion at 1800 s predates the rule's first batch.
+    feed(sensor, (at(1800), 95.0), (at(1900), 60.0), (at(3700), 55.0))
+
+    alarm = Alarm.objects.get(rule=rule)
+    assert alarm.backfilled is True
+    assert alarm.state == AlarmState.NORMAL
+    assert alarm.activated_at == at(1800)
+    assert alarm.returned_at == at(1900)
+    assert alarm_pushes() == []
+    assert AlarmRuleState.objects.get(rule=rule).last_sample_time == at(3700)
+
+
+def test_new_rule_first_batch_raises_current_excursion(sensor, make_rule, feed):
+    feed(sensor, (at(0), 50.0))
+    rule = make_rule(condition="hi", limit=90.0)
+
+    feed(sensor, (at(10), 95.0))
+
+    alarm = Alarm.objects.get(rule=rule)
+    assert alarm.backfilled is False
+    assert alarm.state == AlarmState.ACTIVE_UNACKNOWLEDGED

@@ -126,3 +126,17 @@ def test_kpis_over_api(alpha_api, alarm_history):
     assert response.data["bad_actors"][0]["count"] == 3
     assert inverted.status_code == 400
     assert "before end" in str(inverted.data["start"])
+
+
+def test_kpis_count_fleeting_activations(alpha, feed):
+    fleeting = new_rule("high")
+    feed(fleeting.sensor, (at(0), 105.0), (at(2), 90.0), (at(100), 105.0), (at(103), 90.0))
+    lasting = new_rule("high")
+    feed(lasting.sensor, (at(0), 105.0), (at(60), 90.0))
+
+    kpis = compute_kpis(T0, END)
+    stricter = compute_kpis(T0, END, fleeting_shorter_than=timedelta(seconds=3))
+
+    assert kpis.fleeting == 2
+    assert kpis.fleeting_rule_ids == [fleeting.pk]
+    assert stricter.fleeting == 1

@@ -4,9 +4,15 @@ import pytest
 from django.utils import timezone
 
 from apps.alarms.choices import AlarmState, TransitionAction
-from apps.alarms.models import Alarm
+from apps.alarms.models import Alarm, AlarmRuleState
 from apps.alarms.services import acknowledge_alarm, shelve_alarm
-from apps.alarms.timers import end_suppression, raise_stale_alarms, realarm_acknowledged_alarms, run_alarm_timers
+from apps.alarms.timers import (
+    activate_elapsed_on_delays,
+    end_suppression,
+    raise_stale_alarms,
+    realarm_acknowledged_alarms,
+    run_alarm_timers,
+)
 from apps.units.choices import UnitStatus
 
 from .conftest import at
@@ -102,3 +108,51 @@ def test_suppression_ends_with_maintenance(sensor, make_rule, feed, still_active
     assert released == 1
     assert alarm.state == expected
     assert alarm.transitions.last().action == TransitionAction.UNSUPPRESS
+
+
+def test_on_delay_elapses_without_new_reading(sensor, make_rule, feed):
+    rule = make_rule(condition="hi", limit=80.0, on_delay=5.0)
+    feed(sensor, (at(10), 85.0))
+
+    early = activate_elapsed_on_delays(at(14))
+    counts = run_alarm_timers(at(17))
+    again = activate_elapsed_on_delays(at(30))
+
+    alarm = Alarm.objects.get()
+    state = AlarmRuleState.objects.get(rule=rule)
+    assert early == 0
+    assert counts["on_delay"] == 1
+    assert again == 0
+    assert alarm.state == AlarmState.ACTIVE_UNACKNOWLEDGED
+    assert alarm.condition_started_at == at(10)
+    assert alarm.activated_at == at(15)
+    assert alarm.activation_value == 85.0
+    assert state.condition_active is True
+    assert state.pending_since is None
+
+
+def test_on_delay_timer_then_reading_keeps_one_alarm(sensor, make_rule, feed):
+    make_rule(condition="hi", limit=80.0, on_delay=5.0)
+    feed(sensor, (at(10), 85.0))
+    activate_elapsed_on_delays(at(16))
+
+    feed(sensor, (at(20), 90.0))
+    feed(sensor, (at(25), 70.0))
+
+    alarm = Alarm.objects.get()
+    assert [transition.action for transition in alarm.transitions.all()] == [
+        TransitionAction.ACTIVATE,
+        TransitionAction.RETURN,
+    ]
+    assert alarm.state == AlarmState.RETURNED_UNACKNOWLEDGED
+
+
+def test_on_delay_timer_skips_cleared_condition(sensor, make_rule, feed):
+    make_rule(condition="hi", limit=80.0, on_delay=5.0)
+    feed(sensor, (at(10), 85.0))
+    feed(sensor, (at(12), 70.0))
+
+    activated = activate_elapsed_on_delays(at(60))
+
+    assert activated == 0
+    assert not Alarm.objects.exists()

@@ -1,3 +1,5 @@
+from datetime import timedelta
+
 import pytest
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
@@ -136,3 +138,21 @@ async def test_alarm_update_reaches_socket(committed_alarm, django_db_blocker, q
         assert 'id="alarm-banner"' in message
         assert 'hx-swap-oob="true"' in message
         assert 'hx-get="/alarms/banner/"' in message
+
+
+def test_alarm_page_shows_kpi_summary(alpha_client, sensor, make_rule, feed):
+    from django.utils import timezone
+
+    make_rule(condition="hi", limit=100.0, message="Boiler supply too hot")
+    now = timezone.now()
+    feed(sensor, (now - timedelta(minutes=30), 105.0), (now - timedelta(minutes=30) + timedelta(seconds=1), 90.0))
+    feed(sensor, (now - timedelta(minutes=5), 106.0))
+
+    page = alpha_client.get("/alarms/")
+    partial = alpha_client.get("/alarms/", **HTMX)
+
+    assert page.status_code == 200
+    assert 'data-kpi="annunciated">2<' in page.text
+    assert 'data-kpi="fleeting">1<' in page.text
+    assert "Top bad actor: Boiler supply too hot (2, 100.0 %)" in page.text
+    assert "alarm-kpis" not in partial.text

@@ -34,7 +34,7 @@ def test_ingest_stores_readings_and_counts(alpha_api, sensor):
     response = alpha_api.post(URL, body, format="json")
 
     assert response.status_code == 200
-    assert response.data == {"accepted": 2, "duplicates": 0, "rejected": 0, "rejections": []}
+    assert response.data == {"accepted": 2, "spooled": 0, "duplicates": 0, "rejected": 0, "rejections": []}
     assert stored(sensor) == [
         (datetime(2026, 1, 5, 10, 0, tzinfo=timezone.utc), 21.5, Quality.GOOD),
         (datetime(2026, 1, 5, 10, 0, 10, tzinfo=timezone.utc), 21.7, Quality.GOOD),

@@ -17,7 +17,8 @@ from rest_framework.test import APIClient
 
 from apps.accounts.models import ApiKey
 from apps.accounts.services import create_api_key
-from apps.alarms.models import Alarm, AlarmRule
+from apps.alarms.models import Alarm, AlarmRule, NotificationTarget
+from apps.alarms.notifications import create_notification_target
 from apps.audit.choices import AuditAction, Outcome
 from apps.protocols.profiles import export_profile
 from tests.audit.conftest import chain_head, entries_after
@@ -31,6 +32,7 @@ WRITE_METHODS = ("post", "put", "patch", "delete")
 EXEMPT = {
     ("ingest", "post"): "posts readings (process data) into the ingest pipeline; audit entries per reading batch "
     "would bury configuration changes",
+    ("device-test", "post"): "connects to the device and reads one point; it changes no configuration and no value",
 }
 
 # Endpoints that do not write their audit entry yet.
@@ -199,6 +201,37 @@ def alarm_action_case(name):
                     str(alarm.pk))
 
 
+def rule_service_case(name):
+    if name == "remove-from-service":
+        rule, data = make_alarm_rule(), {"comment": "transmitter replaced"}
+    else:
+        rule = make_alarm_rule()
+        AlarmRule.objects.filter(pk=rule.pk).update(in_service=False)
+        data = {"comment": "transmitter back"}
+    return Expected("post", f"/{API_PREFIX}alarm-rules/{rule.pk}/{name}/", data, 200, AuditAction.OBJECT_UPDATED,
+                    "alarms.alarmrule", str(rule.pk))
+
+
+def notification_target_create_case():
+    return Expected("post", reverse("notificationtarget-list"),
+                    {"name": "On-call mail", "kind": "email", "email": "oncall@alpha.example"}, 201,
+                    AuditAction.OBJECT_CREATED, "alarms.notificationtarget", lambda response: str(response.data["id"]))
+
+
+def notification_target_delete_case():
+    target = NotificationTarget.objects.create(name="Old pager", kind="email", email="pager@alpha.example")
+    return Expected("delete", reverse("notificationtarget-detail", kwargs={"pk": target.pk}), {}, 204,
+                    AuditAction.OBJECT_DELETED, "alarms.notificationtarget", str(target.pk))
+
+
+def notification_secret_case():
+    target, _secret = create_notification_target(
+        actor=admin_of("alpha"), name="Pager hook", kind="webhook", url="https://pager.example/hook"
+    )
+    return Expected("post", reverse("notificationtarget-rotate-secret", kwargs={"pk": target.pk}), {}, 200,
+                    AuditAction.OBJECT_UPDATED, "alarms.notificationtarget", str(target.pk))
+
+
 def case_for(name, method, callback):
     """Arrange the data for one endpoint and return its Expected request and entry, or None when unknown."""
     basename, _, route_kind = name.rpartition("-")
@@ -216,6 +249,11 @@ def case_for(name, method, callback):
         ("alarm-acknowledge", "post"): lambda: alarm_action_case("acknowledge"),
         ("alarm-shelve", "post"): lambda: alarm_action_case("shelve"),
         ("alarm-unshelve", "post"): lambda: alarm_action_case("unshelve"),
+        ("alarmrule-remove-from-service", "post"): lambda: rule_service_case("remove-from-service"),
+        ("alarmrule-return-to-service", "post"): lambda: rule_service_case("return-to-service"),
+        ("notificationtarget-list", "post"): notification_target_create_case,
+        ("notificationtarget-detail", "delete"): notification_target_delete_case,
+        ("notificationtarget-rotate-secret", "post"): notification_secret_case,
     }.get((name, method))
     return special() if special else None
 

@@ -49,12 +49,12 @@ def test_static_assets_are_served_locally(alpha_client):
         assert response.status_code == 200, path
 
 
-def test_unknown_host_page_is_not_found(db):
+def test_unknown_host_page_is_rejected(db):
     from django.test import Client
 
     response = Client(HTTP_HOST="nobody.localhost").get("/")
 
-    assert response.status_code == 404
+    assert response.status_code == 400
 
 
 @pytest.mark.asyncio

@@ -216,6 +216,39 @@ OPCUA_VARIABLES = {
 }
 
 
+OPCUA_SERVER_URI = "urn:thermacore:test:server"
+SECURE_POLICY_TYPES = [
+    ua.SecurityPolicyType.Basic256Sha256_Sign,
+    ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt,
+    ua.SecurityPolicyType.Aes128Sha256RsaOaep_Sign,
+    ua.SecurityPolicyType.Aes128Sha256RsaOaep_SignAndEncrypt,
+    ua.SecurityPolicyType.Aes256Sha256RsaPss_Sign,
+    ua.SecurityPolicyType.Aes256Sha256RsaPss_SignAndEncrypt,
+]
+
+
+def make_opcua_server_certificate(name="ThermaCore test server"):
+    """Return (certificate PEM, certificate DER, private key DER) of a self-signed OPC UA server certificate."""
+    from asyncua.crypto import cert_gen
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    key = cert_gen.generate_private_key()
+    certificate = cert_gen.generate_self_signed_app_certificate(
+        key, name, {}, [x509.UniformResourceIdentifier(OPCUA_SERVER_URI), x509.DNSName("localhost")],
+        extended=[ExtendedKeyUsageOID.SERVER_AUTH],
+    )
+    key_der = key.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return (
+        certificate.public_bytes(serialization.Encoding.PEM).decode(),
+        certificate.public_bytes(serialization.Encoding.DER),
+        key_der,
+    )
+
+
 class _PasswordUserManager:
     """Accepts only the user names and passwords it was given."""
 
@@ -231,9 +264,11 @@ class _PasswordUserManager:
 class OpcUaTestServer:
     """An asyncua server in a thread of its own, which tests may stop and start again on the same port."""
 
-    def __init__(self, users=None):
+    def __init__(self, users=None, certificate=None):
         self.port = free_port()
         self.users = users
+        # (certificate DER, private key DER) to offer Sign and SignAndEncrypt with every current policy.
+        self.certificate = certificate
         self.endpoint_path = "/thermacore/"
         self.thread = None
         self.server = None
@@ -249,6 +284,11 @@ class OpcUaTestServer:
             if self.users:
                 server.set_identity_tokens([ua.UserNameIdentityToken])
             server.set_endpoint(f"opc.tcp://127.0.0.1:{self.port}{self.endpoint_path}")
+            if self.certificate:
+                await server.set_application_uri(OPCUA_SERVER_URI)
+                server.set_security_policy(SECURE_POLICY_TYPES)
+                await server.load_certificate(self.certificate[0])
+                await server.load_private_key(self.certificate[1])
             self.namespace_index = await server.register_namespace(OPCUA_NAMESPACE)
             plant = await server.nodes.objects.add_object(self.namespace_index, "Plant")
             for name, (value, variant_type) in OPCUA_VARIABLES.items():
@@ -310,6 +350,19 @@ def opcua_server(_shared_opcua_server):
     """The module's OPC UA server with every variable back at its initial value and Good status."""
     _shared_opcua_server.reset()
     return _shared_opcua_server
+
+
+@pytest.fixture(scope="module")
+def secure_opcua_server():
+    """An OPC UA server that offers only Sign and SignAndEncrypt, with Basic256Sha256 and both Aes policies.
+
+    Its ``certificate_pem`` is the certificate it presents.
+    """
+    pem, der, key_der = make_opcua_server_certificate()
+    server = OpcUaTestServer(certificate=(der, key_der)).start()
+    server.certificate_pem = pem
+    yield server
+    server.stop()
 
 
 @pytest.fixture

@@ -78,7 +78,7 @@ def test_write_setpoint_outside_sensor_range(alpha, register_server, operator):
 
     assert register_server.get("holding", 100, 2) == [0, 0]
     assert register_server.requests == []
-    assert not AuditEntry.objects.exists()
+    assert not AuditEntry.objects.filter(action=AuditAction.SETPOINT_WRITTEN).exists()
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), "12", None])
@@ -140,7 +140,7 @@ def test_write_setpoint_device_unreachable(alpha, operator):
         write_setpoint(point, 10, actor=operator)
 
     assert not isinstance(caught.value, InvalidSetpoint)
-    assert AuditEntry.objects.get().outcome == Outcome.FAILURE
+    assert AuditEntry.objects.get(action=AuditAction.SETPOINT_WRITTEN).outcome == Outcome.FAILURE
 
 
 def api_client_for(user):

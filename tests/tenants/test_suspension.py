@@ -111,9 +111,10 @@ def test_suspension_is_audited_in_tenant(suspended_alpha, platform_user):
     with schema_context("alpha"):
         entries = list(AuditEntry.objects.filter(action=AuditAction.TENANT_LIFECYCLE).order_by("sequence"))
 
-    assert [entry.detail["event"] for entry in entries] == ["suspended", "resumed"]
-    assert entries[0].detail["reason"] == "Invoice overdue"
-    assert entries[0].actor_name == "platform:operator-on-call"
+    # Provisioning recorded the first entry of the tenant's chain.
+    assert [entry.detail["event"] for entry in entries] == ["provisioned", "suspended", "resumed"]
+    assert entries[1].detail["reason"] == "Invoice overdue"
+    assert entries[1].actor_name == "platform:operator-on-call"
 
 
 def test_scheduler_skips_suspended_tenant(suspended_alpha):

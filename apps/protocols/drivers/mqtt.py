@@ -20,6 +20,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 
 from ..mqtt.payloads import decode_message
+from ..mqtt.sparkplug import NAMESPACE as SPARKPLUG_NAMESPACE
+from ..mqtt.sparkplug import SparkplugSession, rebirth_request, subscription_filter
 from .base import DeviceUnreachable, SubscriptionDriver, WriteRejected, register_driver
 
 logger = logging.getLogger(__name__)
@@ -32,6 +34,8 @@ MALFORMED_LOG_LIMIT_PER_MINUTE = 20
 @register_driver
 class MqttDriver(SubscriptionDriver):
     protocol = "mqtt"
+    # Persistent session: the broker queues QoS 1 and 2 messages while the gateway reconnects.
+    clean_session = False
 
     def __init__(self, device, *, schema=""):
         super().__init__(device, schema=schema)
@@ -47,6 +51,8 @@ class MqttDriver(SubscriptionDriver):
         self._connect_result = None
         self._lost = None
         self._closing = False
+        self._plain_points = []
+        self.sparkplug = None
 
     @property
     def client_id(self):
@@ -54,7 +60,9 @@ class MqttDriver(SubscriptionDriver):
 
     @property
     def topic_filters(self):
-        return sorted({point.topic for point in self.points})
+        return sorted({
+            subscription_filter(point.topic) if point.sparkplug_metric else point.topic for point in self.points
+        })
 
     async def connect(self):
         if self.connected:
@@ -82,6 +90,9 @@ class MqttDriver(SubscriptionDriver):
 
     async def run(self, points, deliver):
         self.points = list(points)
+        self._plain_points = [point for point in self.points if not point.sparkplug_metric]
+        sparkplug_points = [point for point in self.points if point.sparkplug_metric]
+        self.sparkplug = SparkplugSession(sparkplug_points) if sparkplug_points else None
         self._deliver = deliver
         await self.connect()
         reason = await self._lost
@@ -108,7 +119,7 @@ class MqttDriver(SubscriptionDriver):
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
-            clean_session=False,
+            clean_session=self.clean_session,
             protocol=mqtt.MQTTv311,
             reconnect_on_failure=False,
         )
@@ -172,7 +183,17 @@ class MqttDriver(SubscriptionDriver):
         )
 
     def _on_message(self, client, userdata, message):
-        decoded = decode_message(message.topic, message.payload, self.points, datetime.now(timezone.utc))
+        received_at = datetime.now(timezone.utc)
+        if self.sparkplug is not None and message.topic.startswith(SPARKPLUG_NAMESPACE + "/"):
+            decoded = self.sparkplug.handle(message.topic, message.payload, received_at)
+            if decoded.rebirth_topic:
+                logger.warning(
+                    "Schema %s device %s: requesting a Sparkplug rebirth on %s after %s",
+                    self.schema, self.device.pk, decoded.rebirth_topic, "; ".join(decoded.errors),
+                )
+                client.publish(decoded.rebirth_topic, rebirth_request(received_at), qos=0)
+        else:
+            decoded = decode_message(message.topic, message.payload, self._plain_points, received_at)
         for reason in decoded.errors:
             self._count_malformed(message.topic, reason)
         if decoded.samples:

@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from asyncua import Client, ua
 
 from ..opcua.nodes import parse_node_id
+from ..opcua.security import UntrustedServerCertificate, apply_security
 from ..opcua.values import status_name, to_sample
 from .base import DeviceUnreachable, SubscriptionDriver, WriteRejected, register_driver
 
@@ -59,7 +60,9 @@ class OpcUaDriver(SubscriptionDriver):
             client.set_user(self.device.username)
             client.set_password(self.device.password)
         client.connection_lost_callback = self._on_connection_lost
+        check = None
         try:
+            check = await apply_security(client, self.device)
             await client.connect()
         except CONNECTION_ERRORS as exc:
             # A rejected session can leave the secure channel open, so close what was opened.
@@ -67,6 +70,12 @@ class OpcUaDriver(SubscriptionDriver):
                 await client.disconnect()
             except CONNECTION_ERRORS:
                 pass
+            if check is not None and check.rejected is not None:
+                raise UntrustedServerCertificate(
+                    f"OPC UA server {self.url} presented a certificate that device {self.device.pk} does not trust "
+                    f"({check.describe_rejected()}): {exc}. Import the server certificate, or its CA certificate, "
+                    "and add it to the device's trusted certificates."
+                ) from exc
             raise DeviceUnreachable(f"Cannot connect to OPC UA server {self.url}: {exc!r}") from exc
         self.client = client
         self.connected = True

@@ -1,6 +1,7 @@
 import sys
 from pathlib import Path
 
+from django.core.exceptions import PermissionDenied
 from django.core.management.base import BaseCommand, CommandError
 from django_tenants.utils import schema_context
 
@@ -48,7 +49,8 @@ class Command(BaseCommand):
         unit = self._get(Unit, options["unit"], "--unit")
         try:
             result = apply_profile(profile, device=device, unit=unit, actor=Actor.system_job(COMMAND_ACTOR))
-        except ProfileError as exc:
+        except (ProfileError, PermissionDenied) as exc:
+            # PermissionDenied covers a tenant quota that the profile would exceed.
             raise CommandError(str(exc)) from exc
         self.stdout.write(
             f"Applied profile {profile.name!r} to device {device.pk} and unit {unit.pk}: "

@@ -1,0 +1,248 @@
+"""The tenant's certificate store: generate, import and encrypt client certificates, and warn before they expire.
+
+Private keys are stored encrypted with Fernet (AES-128-CBC and HMAC-SHA256). The key is
+``settings.THERMACORE_CERT_KEY`` when that is set (a Fernet key, e.g. from
+``Fernet.generate_key()``). Otherwise it is derived from ``SECRET_KEY`` with HKDF-SHA256. A
+changed secret key therefore makes the stored private keys unreadable until the old one is back.
+"""
+
+import base64
+import hashlib
+import logging
+import socket
+from dataclasses import dataclass
+from datetime import timedelta
+
+from cryptography import x509
+from cryptography.fernet import Fernet, InvalidToken
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured, ValidationError
+from django.db import connection, transaction
+from django.utils import timezone
+
+from apps.audit import services as audit
+from apps.audit.choices import AuditAction
+from apps.audit.services import snapshot
+
+from .models import Certificate
+
+logger = logging.getLogger(__name__)
+
+# The Basic256Sha256 and Aes* OPC UA security policies allow RSA keys of 2048 to 4096 bits.
+RSA_KEY_BITS = 2048
+EXPIRY_WARNING_DAYS = 30
+_KDF_INFO = b"thermacore certificate private keys"
+
+
+class CertificateKeyError(Exception):
+    """A stored private key cannot be decrypted with the configured key."""
+
+
+@dataclass(frozen=True)
+class CertificateFacts:
+    subject: str
+    application_uri: str
+    fingerprint_sha256: str
+    not_valid_before: object
+    not_valid_after: object
+
+
+def _fernet():
+    configured = getattr(settings, "THERMACORE_CERT_KEY", "")
+    if configured:
+        try:
+            return Fernet(configured)
+        except ValueError as exc:
+            raise ImproperlyConfigured(
+                "THERMACORE_CERT_KEY is invalid: it must be 32 url-safe base64-encoded bytes, "
+                "as printed by python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'."
+            ) from exc
+    derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_KDF_INFO).derive(settings.SECRET_KEY.encode())
+    return Fernet(base64.urlsafe_b64encode(derived))
+
+
+def encrypt_private_key(private_key_pem):
+    """Return the Fernet token (text) of a PEM private key."""
+    return _fernet().encrypt(private_key_pem.encode()).decode()
+
+
+def decrypt_private_key(token):
+    try:
+        return _fernet().decrypt(token.encode()).decode()
+    except InvalidToken as exc:
+        raise CertificateKeyError(
+            "The stored private key cannot be decrypted: THERMACORE_CERT_KEY or SECRET_KEY changed since it "
+            "was stored. Restore the old key, or generate a new certificate."
+        ) from exc
+
+
+def load_certificate_pem(pem):
+    """Parse one PEM certificate; raise ValidationError naming the problem when it is not one."""
+    try:
+        return x509.load_pem_x509_certificate(pem.encode() if isinstance(pem, str) else pem)
+    except ValueError as exc:
+        raise ValidationError(
+            {"certificate_pem": f"Not a PEM certificate ({exc}); paste the block from "
+             "'-----BEGIN CERTIFICATE-----' to '-----END CERTIFICATE-----'."}
+        ) from exc
+
+
+def facts_of(certificate):
+    """Return subject, application URI, SHA-256 fingerprint and validity of an x509.Certificate."""
+    try:
+        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+    except x509.ExtensionNotFound:
+        uris = []
+    return CertificateFacts(
+        subject=certificate.subject.rfc4514_string(),
+        application_uri=uris[0] if uris else "",
+        fingerprint_sha256=certificate.fingerprint(hashes.SHA256()).hex(),
+        not_valid_before=certificate.not_valid_before_utc,
+        not_valid_after=certificate.not_valid_after_utc,
+    )
+
+
+def fingerprint_of_der(der):
+    return hashlib.sha256(der).hexdigest()
+
+
+def _checked_private_key(private_key_pem, certificate):
+    try:
+        key = serialization.load_pem_private_key(private_key_pem.encode(), password=None)
+    except (ValueError, TypeError) as exc:
+        raise ValidationError(
+            {"private_key_pem": f"Not an unencrypted PEM private key ({exc}); export the key without a passphrase."}
+        ) from exc
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ValidationError(
+            {"private_key_pem": f"OPC UA security policies need an RSA key, not {type(key).__name__}."}
+        )
+    if key.public_key().public_numbers() != certificate.public_key().public_numbers():
+        raise ValidationError({"private_key_pem": "The private key does not belong to the certificate."})
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+
+
+def redacted_snapshot(certificate):
+    """Return the audit snapshot of a certificate without its encrypted private key."""
+    values = snapshot(certificate)
+    if values.get("private_key_encrypted"):
+        values["private_key_encrypted"] = audit.REDACTED
+    return values
+
+
+def _save(certificate, *, actor):
+    certificate.full_clean()
+    with transaction.atomic():
+        certificate.save()
+        audit.record(AuditAction.OBJECT_CREATED, actor=actor, obj=certificate, after=redacted_snapshot(certificate))
+    logger.info(
+        "Schema %s: stored certificate %s (%s), valid until %s",
+        connection.schema_name, certificate.pk, certificate.fingerprint_sha256, certificate.not_valid_after,
+    )
+    return certificate
+
+
+def generate_certificate(name, *, common_name, application_uri="", days=365, actor):
+    """Generate an RSA key pair and a self-signed OPC UA client certificate, store both and return the Certificate.
+
+    The certificate carries the application URI (default ``urn:thermacore:<schema>:<name>``) and
+    this host's name as subject alternative names, as OPC UA clients must.
+    """
+    if days < 1:
+        raise ValidationError({"days": f"Validity of {days} days is invalid; give at least 1 day."})
+    application_uri = application_uri or f"urn:thermacore:{connection.schema_name}:{name.replace(' ', '-')}"
+    key = rsa.generate_private_key(public_exponent=65537, key_size=RSA_KEY_BITS)
+    subject = x509.Name([
+        x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "ThermaCore"),
+    ])
+    now = timezone.now()
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=days))
+        .add_extension(
+            x509.SubjectAlternativeName([
+                x509.UniformResourceIdentifier(application_uri), x509.DNSName(socket.gethostname()),
+            ]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True, content_commitment=True, key_encipherment=True, data_encipherment=True,
+                key_agreement=False, key_cert_sign=False, crl_sign=False, encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+    )
+    certificate = builder.sign(key, hashes.SHA256())
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    return _save(
+        Certificate(
+            name=name,
+            certificate_pem=certificate.public_bytes(serialization.Encoding.PEM).decode(),
+            private_key_encrypted=encrypt_private_key(key_pem),
+            **facts_of(certificate).__dict__,
+        ),
+        actor=actor,
+    )
+
+
+def parse_import(certificate_pem, private_key_pem=""):
+    """Return the parsed certificate and the normalised PEM key ("" for none); raise ValidationError when invalid."""
+    parsed = load_certificate_pem(certificate_pem)
+    key_pem = _checked_private_key(private_key_pem, parsed) if private_key_pem.strip() else ""
+    return parsed, key_pem
+
+
+def import_certificate(name, certificate_pem, private_key_pem="", *, actor):
+    """Store an uploaded PEM certificate, with its private key for a client certificate, and return it.
+
+    Without a private key the certificate can only be trusted, e.g. an OPC UA server's certificate.
+    """
+    parsed, key_pem = parse_import(certificate_pem, private_key_pem)
+    encrypted = encrypt_private_key(key_pem) if key_pem else ""
+    return _save(
+        Certificate(
+            name=name,
+            certificate_pem=parsed.public_bytes(serialization.Encoding.PEM).decode(),
+            private_key_encrypted=encrypted,
+            **facts_of(parsed).__dict__,
+        ),
+        actor=actor,
+    )
+
+
+def warn_expiring_certificates(now=None):
+    """Log a warning for each certificate that expires within 30 days or has expired; return them."""
+    now = now or timezone.now()
+    expiring = list(Certificate.objects.expiring_before(now + timedelta(days=EXPIRY_WARNING_DAYS)))
+    for certificate in expiring:
+        if certificate.not_valid_after <= now:
+            logger.warning(
+                "Schema %s: certificate %s (%s) expired on %s; devices using it cannot connect securely",
+                connection.schema_name, certificate.pk, certificate.name, certificate.not_valid_after.isoformat(),
+            )
+        else:
+            logger.warning(
+                "Schema %s: certificate %s (%s) expires on %s, in %d days; renew it and update its devices",
+                connection.schema_name, certificate.pk, certificate.name, certificate.not_valid_after.isoformat(),
+                (certificate.not_valid_after - now).days,
+            )
+    return expiring
