@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Make sure PostgreSQL, Redis and Mosquitto answer on loopback. Each one that
+# Make sure PostgreSQL, Redis and Mosquitto accept connections on loopback. Each one that
 # does not is started with the command this machine uses for it; where it is
 # not installed and we are root on Debian, it is installed first.
 set -u

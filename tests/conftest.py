@@ -14,17 +14,21 @@ import pytest
 from django.db import connection
 from django.test import Client
 from django.test.utils import setup_databases, teardown_databases
+from django.utils.timezone import now as server_now
 from django_tenants.utils import schema_context
 from rest_framework.test import APIClient
 
 from apps.accounts.tokens import TenantTokenObtainPairSerializer
+from apps.alarms.choices import AlarmState
+from apps.alarms.models import Alarm, AlarmRule
+from apps.telemetry import latest
 from apps.tenants.models import Tenant
 from apps.tenants.services import provision_tenant
-from apps.telemetry import latest
+from tests.factories import SensorFactory
 
 TENANT_DOMAINS = {"alpha": "alpha.localhost", "beta": "beta.localhost"}
 ADMIN_PASSWORD = "Correct-horse-battery-4711"
-# Seconds a test waits for a WebSocket answer. Generous, because the consumer
+# Seconds a test waits for a WebSocket message. Generous, because the consumer
 # reaches the database from worker threads and CI machines may be loaded.
 SOCKET_TIMEOUT = 15
 
@@ -162,3 +166,31 @@ def plant_simulator():
     ).start()
     yield port
     server.stop()
+
+
+@pytest.fixture
+def committed_alarm(django_db_setup, django_db_blocker):
+    """An active, unacknowledged alarm of a HI rule in alpha, committed so that consumer threads see it."""
+    with django_db_blocker.unblock(), schema_context("alpha"):
+        sensor = SensorFactory()
+        rule = AlarmRule.objects.create(sensor=sensor, condition="hi", limit=100.0)
+        now = server_now()
+        alarm = Alarm.objects.create(
+            rule=rule,
+            unit_id=sensor.unit_id,
+            priority=rule.priority,
+            message=rule.text,
+            state=AlarmState.ACTIVE_UNACKNOWLEDGED,
+            condition_started_at=now,
+            activated_at=now,
+        )
+    yield alarm
+    # A fresh schema context, because the test may leave the connection on another schema.
+    with django_db_blocker.unblock(), schema_context("alpha"):
+        Alarm.objects.filter(rule=rule).delete()
+        rule.delete()
+        unit = sensor.unit
+        sensor.delete()
+        unit.delete()
+        unit.site.delete()
+    connection.set_schema_to_public()

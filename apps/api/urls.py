@@ -9,7 +9,7 @@ from .ingest import IngestView
 
 
 class APIRootView(DefaultRouter.APIRootView):
-    # The list of endpoints holds no tenant data, so every role may read it.
+    # The list of endpoints contains no tenant data, so every role may read it.
     any_role_allowed = True
 
 

@@ -1,7 +1,7 @@
 """Quality codes stored with every reading.
 
 The ranges follow the OPC convention: good below 64, uncertain from 64 and
-bad from 128, so that a range check tells the class and the exact code tells
+bad from 128, so that a range check gives the class and the exact code gives
 the reason.
 """
 
@@ -35,4 +35,8 @@ def quality_label(code):
     try:
         return Quality(code).label
     except ValueError:
-        return "Bad" if is_bad(code) else ("Uncertain" if code >= Quality.UNCERTAIN else "Good")
+        if is_bad(code):
+            return "Bad"
+        if code >= Quality.UNCERTAIN:
+            return "Uncertain"
+        return "Good"

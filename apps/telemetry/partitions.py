@@ -13,7 +13,7 @@ from django.db import connection, transaction
 
 logger = logging.getLogger(__name__)
 
-# Partitions known to exist, per schema, so that ingest asks PostgreSQL only once per day.
+# Partitions known to exist, per schema, so that ingest queries PostgreSQL only once per day.
 _known = {}
 
 

@@ -40,6 +40,6 @@ class TenantWebSocketMiddleware:
         host = host_from_scope(scope)
         tenant = await tenant_for_host(host)
         if tenant is None:
-            logger.warning("WebSocket to %s refused: no tenant has host %r", scope.get("path"), host)
+            logger.warning("WebSocket to %s rejected: no tenant has host %r", scope.get("path"), host)
             return await WebsocketDenier()(scope, receive, send)
         return await self.inner(dict(scope, tenant=tenant), receive, send)

@@ -5,11 +5,9 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from django.contrib.auth import get_user_model
 from django.db import connection
-from django.utils.timezone import now as server_now
 from django_tenants.utils import schema_context
 
-from apps.alarms.choices import AlarmState
-from apps.alarms.models import Alarm, AlarmRule
+from apps.alarms.models import AlarmRule
 from apps.sensors.samples import Sample
 from apps.telemetry.ingest import ingest
 from tests.conftest import admin_of
@@ -54,30 +52,13 @@ def feed(django_capture_on_commit_callbacks):
 
 
 @pytest.fixture
-def committed_alarm(django_db_setup, django_db_blocker):
-    """An active alarm in alpha and two operators, committed so that other threads see them."""
+def committed_alarm(committed_alarm, django_db_blocker):
+    """The shared committed alarm in alpha, with two operators that are committed too."""
     with django_db_blocker.unblock(), schema_context("alpha"):
-        sensor = SensorFactory()
-        rule = AlarmRule.objects.create(sensor=sensor, condition="hi", limit=100.0)
-        now = server_now()
-        alarm = Alarm.objects.create(
-            rule=rule,
-            unit_id=sensor.unit_id,
-            priority=rule.priority,
-            message=rule.text,
-            state=AlarmState.ACTIVE_UNACKNOWLEDGED,
-            condition_started_at=now,
-            activated_at=now,
-        )
         users = [get_user_model().objects.create_user(f"operator-{n}", password="x") for n in (1, 2)]
-        yield alarm, users
+    yield committed_alarm, users
+    with django_db_blocker.unblock(), schema_context("alpha"):
         get_user_model().objects.filter(pk__in=[user.pk for user in users]).delete()
-        Alarm.objects.filter(pk=alarm.pk).delete()
-        rule.delete()
-        unit = sensor.unit
-        sensor.delete()
-        unit.delete()
-        unit.site.delete()
     connection.set_schema_to_public()
 
 

@@ -153,7 +153,7 @@ def test_point_error_names_exception_and_clears(alpha, register_server):
 
 @pytest.fixture
 def silent_server():
-    """A TCP port whose connections open but never get an answer, like a hung gateway."""
+    """A TCP port whose connections open but never get a response, like a hung gateway."""
     import socket
 
     listener = socket.socket()

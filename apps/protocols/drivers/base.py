@@ -1,8 +1,8 @@
 """The interface every protocol driver implements, and the registry that finds them.
 
 A driver turns protocol frames into samples and takes setpoint writes. It
-knows nothing of storage, alarms or pages, and it is handed plain device and
-point objects that were fully loaded before it runs, so it never touches the
+imports nothing of storage, alarms or pages. It gets device and point
+objects that were fully loaded before it runs, so it never queries the
 database.
 """
 
@@ -16,11 +16,11 @@ _drivers = {}
 
 
 class DeviceUnreachable(Exception):
-    """The device did not answer: refused connection, timeout or broken link."""
+    """The device did not respond: refused connection, timeout or broken link."""
 
 
 class WriteRejected(Exception):
-    """The device answered a write with an error, so the setpoint was not taken."""
+    """The device rejected a write with an error response, so the setpoint was not taken."""
 
 
 class Driver(ABC):
@@ -40,7 +40,7 @@ class Driver(ABC):
 
     @abstractmethod
     async def connect(self):
-        """Open the connection; raise DeviceUnreachable when the device does not answer."""
+        """Open the connection; raise DeviceUnreachable when the device does not respond."""
 
     @abstractmethod
     async def read(self, points):

@@ -1,7 +1,7 @@
 """Modbus TCP driver on the pymodbus asyncio client.
 
 Nearby points of the same register table are read in one request of at most
-125 registers (2000 bits). When a device answers a block with an exception,
+125 registers (2000 bits). When a device rejects a block with an exception response,
 the points of that block are read one by one, so that only the points the
 device really rejects are marked bad. SunSpec scale-factor registers are read
 in the same pass as the points that use them.
@@ -122,11 +122,11 @@ class ModbusTcpDriver(Driver):
         except (OSError, ConnectionException) as exc:
             raise DeviceUnreachable(f"Cannot connect to {self.device.host}:{self.device.port}: {exc}") from exc
         if not connected:
-            # pymodbus reports a failed connect only as False, so the elapsed time tells the cause.
+            # pymodbus reports a failed connect only as False, so the elapsed time shows the cause.
             if time.monotonic() - started < self.device.timeout:
                 reason = "connection refused or host unreachable"
             else:
-                reason = f"no answer within {self.device.timeout:g} s"
+                reason = f"no response within {self.device.timeout:g} s"
             raise DeviceUnreachable(f"Cannot connect to {self.device.host}:{self.device.port}: {reason}.")
 
     async def close(self):
