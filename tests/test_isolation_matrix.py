@@ -69,6 +69,7 @@ ROUTE_PARAMETERS = {
     "pk": None,
     "object_id": None,
     "id": None,
+    "device_id": lambda beta_objects: beta_objects["protocols.device"],
     "content_type_id": lambda beta_objects: ContentType.objects.get_for_model(Unit).pk,
     "app_label": "units",
     "url": "units/unit/",

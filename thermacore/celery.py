@@ -6,6 +6,7 @@ from tenant_schemas_celery.app import CeleryApp
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "thermacore.settings")
 
-app = CeleryApp("thermacore")
+# Every task skips tenants that are suspended or still being provisioned.
+app = CeleryApp("thermacore", task_cls="apps.tenants.celery_tasks:ActiveTenantTask")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()

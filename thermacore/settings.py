@@ -47,9 +47,10 @@ CSRF_TRUSTED_ORIGINS = env.list("THERMACORE_CSRF_TRUSTED_ORIGINS", default=["htt
 
 # Apps whose tables live once, in the public schema.
 SHARED_APPS = [
+    # First, so that its delete_tenant command, which demands an export, replaces django-tenants' unchecked one.
+    "apps.tenants",
     "django_tenants",
     "daphne",
-    "apps.tenants",
     "django.contrib.contenttypes",
     "django.contrib.auth",
     "apps.accounts",
@@ -66,6 +67,8 @@ SHARED_APPS = [
     "django_guid",
     # Failed logins on the platform admin are counted in the public schema.
     "axes",
+    # Periodic tasks of every tenant (CELERY_BEAT_SCHEDULE) are stored in the public schema.
+    "django_celery_beat",
 ]
 
 # Apps whose tables every tenant schema gets its own copy of. Users live here
@@ -93,6 +96,8 @@ TENANT_APPS = [
     # TOTP devices of users whose role the tenant's policy requires a second factor for.
     "django_otp",
     "django_otp.plugins.otp_totp",
+    # Periodic tasks of one tenant, such as its poll groups (apps.protocols.schedules).
+    "django_celery_beat",
 ]
 
 INSTALLED_APPS = SHARED_APPS + [app for app in TENANT_APPS if app not in SHARED_APPS]
@@ -204,6 +209,8 @@ TELEMETRY_WRITE_TIMEOUT_SECONDS = env.float("THERMACORE_WRITE_TIMEOUT_SECONDS", 
 TELEMETRY_SPOOL_URL = env.str("THERMACORE_SPOOL_URL", default=REDIS_URL)
 # Upper bound of the back-off between polls of an unreachable device.
 PROTOCOLS_MAX_BACKOFF_SECONDS = env.int("THERMACORE_MAX_BACKOFF_SECONDS", default=300)
+# Seconds a pooled Modbus TCP connection may stay unused before the worker closes it.
+PROTOCOLS_MODBUS_IDLE_SECONDS = env.float("THERMACORE_MODBUS_IDLE_SECONDS", default=120.0)
 # Fernet key that encrypts the private keys of stored certificates; empty to derive one from SECRET_KEY.
 THERMACORE_CERT_KEY = env.str("THERMACORE_CERT_KEY", default="")
 
@@ -215,8 +222,13 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = "UTC"
-# Sends periodic tasks to every tenant that is not suspended.
+# Reads periodic tasks from the database (django-celery-beat) in the public
+# schema and in each active tenant's schema, and sends them to active tenants only.
 CELERY_BEAT_SCHEDULER = "apps.tenants.scheduler.ActiveTenantScheduler"
+# Seconds between checks of the database for changed periodic tasks, so an
+# edited poll group takes effect within this time without restarting beat.
+CELERY_BEAT_MAX_LOOP_INTERVAL = 5
+# Only the file-based scheduler reads this; the database scheduler ignores it.
 CELERY_BEAT_SCHEDULE_FILENAME = env.str(
     "THERMACORE_BEAT_SCHEDULE_FILE", default=str(BASE_DIR / "var" / "celerybeat-schedule")
 )
@@ -241,11 +253,12 @@ CELERY_TASK_TENANT_CACHE_SECONDS = 30
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BEAT_SCHEDULE = {
     # Without a "tenant_schemas" key the tenant-aware scheduler sends each
-    # entry once per tenant schema.
+    # entry once per tenant schema. The database scheduler keeps only the
+    # "expire_seconds" option of an entry and drops "expires".
     "poll-due-devices": {
         "task": "protocols.poll_due_devices",
         "schedule": 1.0,
-        "options": {"expires": 5},
+        "options": {"expire_seconds": 5},
     },
     "ensure-reading-partitions": {
         "task": "telemetry.ensure_partitions",
@@ -254,7 +267,7 @@ CELERY_BEAT_SCHEDULE = {
     "replay-reading-spool": {
         "task": "telemetry.replay_spool",
         "schedule": 10.0,
-        "options": {"expires": 20},
+        "options": {"expire_seconds": 20},
     },
     "warn-expiring-certificates": {
         "task": "protocols.warn_expiring_certificates",
@@ -264,10 +277,25 @@ CELERY_BEAT_SCHEDULE = {
         "task": "audit.apply_retention",
         "schedule": 86400.0,
     },
+    "delete-old-audit-exports": {
+        "task": "audit.delete_old_exports",
+        "schedule": 3600.0,
+    },
+    # Drops the daily reading partitions older than each tenant's retention_days.
+    "apply-reading-retention": {
+        "task": "telemetry.apply_retention",
+        "schedule": 86400.0,
+    },
     "run-alarm-timers": {
         "task": "alarms.run_timers",
         "schedule": 5.0,
-        "options": {"expires": 10},
+        "options": {"expire_seconds": 10},
+    },
+    # Queues again the alarm notifications whose Celery task was lost, e.g. while the broker was down.
+    "requeue-pending-notifications": {
+        "task": "alarms.requeue_pending_deliveries",
+        "schedule": 60.0,
+        "options": {"expire_seconds": 60},
     },
 }
 
@@ -306,6 +334,10 @@ DEFAULT_FROM_EMAIL = env.str("THERMACORE_DEFAULT_FROM_EMAIL", default="ThermaCor
 AUDIT_ARCHIVE_DIR = env.path("THERMACORE_AUDIT_ARCHIVE_DIR", default=str(BASE_DIR / "var" / "audit-archive"))
 # Directory of the audit exports that the audit page prepares in the background (one folder per tenant).
 AUDIT_EXPORT_DIR = env.path("THERMACORE_AUDIT_EXPORT_DIR", default=str(BASE_DIR / "var" / "audit-exports"))
+# Days a finished audit export file is kept before audit.delete_old_exports deletes it.
+AUDIT_EXPORT_RETENTION_DAYS = env.int("THERMACORE_AUDIT_EXPORT_RETENTION_DAYS", default=7)
+# Directory of the tenant archives that the platform admin's export action writes (apps.tenants.backup).
+TENANT_EXPORT_DIR = env.path("THERMACORE_TENANT_EXPORT_DIR", default=str(BASE_DIR / "var" / "tenant-exports"))
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "dashboards:live"
 LOGOUT_REDIRECT_URL = "login"

@@ -8,8 +8,9 @@ class AccountsConfig(AppConfig):
     default = True
 
     def ready(self):
-        # Registers the OpenAPI description of API keys with drf-spectacular.
-        from . import schema  # noqa: F401
+        # schema registers the OpenAPI description of API keys with drf-spectacular. sockets connects the
+        # receivers that close the WebSockets of a credential that ended.
+        from . import schema, sockets  # noqa: F401
 
 
 class TenantAdminConfig(admin_apps.AdminConfig):

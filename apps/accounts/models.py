@@ -1,9 +1,16 @@
 from django.contrib.auth.models import AbstractUser, _user_has_module_perms, _user_has_perm
+from django.contrib.auth.models import UserManager as DjangoUserManager
 from django.db import connection, models
 from django_tenants.utils import get_public_schema_name
 from rest_framework_api_key.models import AbstractAPIKey
 
+from apps.tenants.quotas import QuotaCheckedQuerySet
+
 from .choices import Role
+
+
+class UserManager(DjangoUserManager.from_queryset(QuotaCheckedQuerySet)):
+    """Django's user manager whose bulk writes check the max_users quota, as pre_save does for save()."""
 
 
 class User(AbstractUser):
@@ -20,6 +27,8 @@ class User(AbstractUser):
         help_text="Admin: configuration and users. Operator: alarms and setpoints. "
         "Viewer: read-only. Auditor: audit log only.",
     )
+
+    objects = UserManager()
 
     class Meta(AbstractUser.Meta):
         swappable = "AUTH_USER_MODEL"

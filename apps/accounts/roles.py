@@ -144,6 +144,9 @@ APP_POLICIES = {
     "tenants": NO_ACCESS,
     # The library's own key table is unused; keys live in accounts.ApiKey.
     "rest_framework_api_key": NO_ACCESS,
+    # Periodic tasks could send any task with any arguments, so they change only through
+    # protocols.PollGroup (apps.protocols.schedules) and the settings.
+    "django_celery_beat": NO_ACCESS,
 }
 
 # Models whose rows operators act on, unlike the configuration of their app.

@@ -11,6 +11,7 @@ from apps.audit.services import record, snapshot
 from .choices import Role
 from .models import ApiKey, User
 from .roles import Capability, check_capability
+from .sockets import close_user_sockets
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,8 @@ def revoke_api_key(api_key, *, actor):
         User.objects.filter(pk=api_key.user_id).update(is_active=False)
         if revoked:
             record(AuditAction.API_KEY_REVOKED, actor=actor, obj=api_key.user, detail={"prefix": api_key.prefix})
+            # update() sends no post_save, so the key's sockets are closed here.
+            close_user_sockets(connection.schema_name, api_key.user_id, "API key revoked.")
     if revoked:
         logger.info("Schema %s: API key %s revoked by user %s", connection.schema_name, api_key.prefix, actor.pk)
     return bool(revoked)

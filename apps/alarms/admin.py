@@ -10,6 +10,7 @@ from apps.audit.mixins import AuditedModelAdminMixin
 
 from .models import Alarm, AlarmRule, AlarmTransition, NotificationDelivery, NotificationTarget
 from .notifications import create_notification_target, rotate_webhook_secret
+from .permissions import can_acknowledge_alarm, visible_sources
 from .services import AlarmActionError, acknowledge_alarm, remove_rule_from_service, return_rule_to_service
 
 logger = logging.getLogger(__name__)
@@ -107,6 +108,7 @@ class AlarmTransitionInline(admin.TabularInline):
 class AlarmAdmin(AuditedModelAdminMixin, admin.ModelAdmin):
     list_display = (
         "message",
+        "source",
         "unit",
         "priority",
         "state",
@@ -115,12 +117,15 @@ class AlarmAdmin(AuditedModelAdminMixin, admin.ModelAdmin):
         "acknowledged_by",
         "backfilled",
     )
-    list_filter = ("state", "priority", "condition_active", "backfilled", "unit")
-    search_fields = ("message",)
+    list_filter = ("source", "state", "priority", "condition_active", "backfilled", "unit")
+    search_fields = ("message", "key")
     date_hierarchy = "activated_at"
     list_select_related = ("unit__site", "acknowledged_by")
     inlines = (AlarmTransitionInline,)
     actions = ("acknowledge_selected",)
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).of_sources(visible_sources(request.user))
 
     def get_readonly_fields(self, request, obj=None):
         # Occurrences change only through the evaluator and the operator services.
@@ -133,6 +138,12 @@ class AlarmAdmin(AuditedModelAdminMixin, admin.ModelAdmin):
     def acknowledge_selected(self, request, queryset):
         acknowledged = 0
         for alarm in queryset:
+            if not can_acknowledge_alarm(request.user, alarm):
+                self.message_user(
+                    request, f"Your role may not acknowledge {alarm.get_source_display().lower()} alarm {alarm.pk}.",
+                    messages.WARNING,
+                )
+                continue
             try:
                 acknowledge_alarm(alarm, actor=request.user, comment="Acknowledged in the admin.")
             except AlarmActionError as exc:

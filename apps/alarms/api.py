@@ -11,16 +11,25 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.exceptions import PermissionDenied
 from rest_framework.permissions import BasePermission, IsAuthenticated
 from rest_framework.response import Response
 
 from apps.audit.mixins import AuditedModelViewSetMixin
 
-from .choices import AlarmState, Priority
+from .choices import AlarmSource, AlarmState, Priority
 from .kpis import FLEETING_SHORTER_THAN, compute_kpis
 from .models import Alarm, AlarmRule, AlarmTransition, NotificationDelivery, NotificationTarget
 from .notifications import create_notification_target, rotate_webhook_secret
-from .permissions import can_acknowledge_alarms, can_configure_plant, can_shelve_alarms
+from .permissions import (
+    can_acknowledge_alarm,
+    can_acknowledge_alarms,
+    can_configure_plant,
+    can_shelve_alarm,
+    can_shelve_alarms,
+    can_view_alarms,
+    visible_sources,
+)
 from .services import (
     MAX_SHELVE_DURATION,
     AlarmActionError,
@@ -48,6 +57,20 @@ class CanShelveAlarms(BasePermission):
 
     def has_permission(self, request, view):
         return can_shelve_alarms(request.user)
+
+
+class CanViewAlarms(BasePermission):
+    message = "Your role may not view alarms; ask an administrator for a role that views the plant or the audit log."
+
+    def has_permission(self, request, view):
+        return can_view_alarms(request.user)
+
+
+class CanViewProcessAlarms(BasePermission):
+    message = "Your role may not view process alarms or their KPIs; ask an administrator for a plant role."
+
+    def has_permission(self, request, view):
+        return AlarmSource.PROCESS in visible_sources(request.user)
 
 
 class CanConfigurePlant(BasePermission):
@@ -110,7 +133,7 @@ class AlarmTransitionSerializer(serializers.ModelSerializer):
 
 
 class AlarmSerializer(serializers.ModelSerializer):
-    sensor = serializers.IntegerField(source="rule.sensor_id", read_only=True)
+    sensor = serializers.IntegerField(source="sensor_id", read_only=True, allow_null=True)
     acknowledged_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
     shelved_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
 
@@ -118,6 +141,8 @@ class AlarmSerializer(serializers.ModelSerializer):
         model = Alarm
         fields = (
             "id",
+            "source",
+            "key",
             "rule",
             "sensor",
             "unit",
@@ -135,6 +160,7 @@ class AlarmSerializer(serializers.ModelSerializer):
             "shelve_reason",
             "shelved_by",
             "closed_at",
+            "clears_at",
             "backfilled",
         )
         read_only_fields = fields
@@ -196,7 +222,7 @@ class AlarmFilter(filters.FilterSet):
 
     class Meta:
         model = Alarm
-        fields = ("unit", "rule", "backfilled")
+        fields = ("source", "unit", "rule", "backfilled")
 
     def filter_active(self, queryset, name, value):
         active = Alarm.objects.active()
@@ -247,15 +273,20 @@ class AlarmRuleViewSet(AuditedModelViewSetMixin, viewsets.ModelViewSet):
 
 
 class AlarmViewSet(viewsets.ReadOnlyModelViewSet):
-    """Alarm occurrences, newest first, with the operator actions acknowledge, shelve and unshelve."""
+    """Alarm occurrences, newest first, with the operator actions acknowledge, shelve and unshelve.
+
+    Each user sees the alarms of the sources their role may see: process
+    alarms with the plant roles, security alarms with Admin and Auditor.
+    """
 
     queryset = Alarm.objects.select_related("rule", "acknowledged_by", "shelved_by")
     serializer_class = AlarmSerializer
     filter_backends = (filters.DjangoFilterBackend,)
     filterset_class = AlarmFilter
+    permission_classes = (IsAuthenticated, CanViewAlarms)
 
     def get_queryset(self):
-        queryset = super().get_queryset()
+        queryset = super().get_queryset().of_sources(visible_sources(self.request.user))
         if self.action == "retrieve":
             queryset = queryset.prefetch_related("transitions__actor")
         return queryset
@@ -270,21 +301,25 @@ class AlarmViewSet(viewsets.ReadOnlyModelViewSet):
     def acknowledge(self, request, pk=None):
         """Acknowledge the alarm; 409 when it is not unacknowledged, e.g. another operator was first."""
         payload = self._validated(AlarmCommentSerializer, request)
-        return self._perform(acknowledge_alarm, actor=request.user, comment=payload["comment"])
+        return self._perform(
+            acknowledge_alarm, can_acknowledge_alarm, actor=request.user, comment=payload["comment"]
+        )
 
     @extend_schema(request=ShelveSerializer, responses=AlarmSerializer)
     @action(detail=True, methods=["post"], permission_classes=[IsAuthenticated, CanShelveAlarms])
     def shelve(self, request, pk=None):
         """Shelve the alarm with a reason until a time or for some minutes (at most one day)."""
         payload = self._validated(ShelveSerializer, request)
-        return self._perform(shelve_alarm, actor=request.user, until=payload["until"], comment=payload["comment"])
+        return self._perform(
+            shelve_alarm, can_shelve_alarm, actor=request.user, until=payload["until"], comment=payload["comment"]
+        )
 
     @extend_schema(request=AlarmCommentSerializer, responses=AlarmSerializer)
     @action(detail=True, methods=["post"], permission_classes=[IsAuthenticated, CanShelveAlarms])
     def unshelve(self, request, pk=None):
         """Return a shelved alarm to the alarm list, or close it when its condition has cleared."""
         payload = self._validated(AlarmCommentSerializer, request)
-        return self._perform(unshelve_alarm, actor=request.user, comment=payload["comment"])
+        return self._perform(unshelve_alarm, can_shelve_alarm, actor=request.user, comment=payload["comment"])
 
     @extend_schema(
         parameters=[
@@ -304,9 +339,9 @@ class AlarmViewSet(viewsets.ReadOnlyModelViewSet):
         ],
         responses=OpenApiTypes.OBJECT,
     )
-    @action(detail=False, methods=["get"])
+    @action(detail=False, methods=["get"], permission_classes=[IsAuthenticated, CanViewProcessAlarms])
     def kpis(self, request):
-        """Return the alarm KPIs of [start, end): rates, flood, chattering, fleeting, stale, bad actors, priorities."""
+        """Return the KPIs of process alarms in [start, end): rates, flood, chattering, fleeting, stale, bad actors, priorities."""
         window = KpiWindowSerializer(data=request.query_params)
         window.is_valid(raise_exception=True)
         end = window.validated_data.get("end") or timezone.now()
@@ -323,8 +358,12 @@ class AlarmViewSet(viewsets.ReadOnlyModelViewSet):
         serializer.is_valid(raise_exception=True)
         return serializer.validated_data
 
-    def _perform(self, service, **arguments):
+    def _perform(self, service, allowed, **arguments):
         alarm = self.get_object()
+        if not allowed(self.request.user, alarm):
+            raise PermissionDenied(
+                f"Your role may not act on {alarm.get_source_display().lower()} alarm {alarm.pk}; ask an administrator."
+            )
         try:
             service(alarm, **arguments)
         except AlarmActionError as exc:

@@ -21,6 +21,13 @@ LOW_LIMITS = frozenset({Condition.LOW, Condition.LOW_LOW})
 LIMIT_CONDITIONS = HIGH_LIMITS | LOW_LIMITS
 
 
+class AlarmSource(models.TextChoices):
+    """Origin of an alarm: a rule on a sensor, or the security monitoring of the audit trail."""
+
+    PROCESS = "process", "Process"
+    SECURITY = "security", "Security"
+
+
 class RatePer(models.TextChoices):
     """Time unit of a rate-of-change limit."""
 
@@ -72,6 +79,7 @@ class TransitionAction(models.TextChoices):
     RETURN_TO_SERVICE = "return_to_service", "Returned to service"
     BACKFILL = "backfill", "Recorded from backfilled readings"
     ESCALATE = "escalate", "Escalated while unacknowledged"
+    RETRIGGER = "retrigger", "Triggered again while active"
 
 
 # States an operator sees in the alarm list and banner; only these can be shelved.

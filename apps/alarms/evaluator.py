@@ -12,7 +12,8 @@ from collections import defaultdict, deque
 from datetime import timedelta
 
 import redis
-from django.db import transaction
+from django.db import connection, transaction
+from django.db.models import Q
 from django_tenants.utils import schema_context
 
 from apps.sensors.quality import Quality, is_bad
@@ -20,6 +21,8 @@ from apps.telemetry import latest
 from apps.telemetry.models import Reading
 from apps.units.choices import UnitStatus
 
+from .bulk import update_from_values
+from .changes import AlarmChanges
 from .choices import AlarmState, Condition, TransitionAction
 from .evaluation import Activation, ConditionTracker, raw_condition
 from .models import Alarm, AlarmRule, AlarmRuleState
@@ -27,14 +30,15 @@ from .transitions import change_state, open_alarm
 
 logger = logging.getLogger(__name__)
 
-STATE_FIELDS = [
-    "condition_active",
-    "pending_since",
-    "clear_pending_since",
-    "last_sample_time",
-    "last_value",
-    "last_quality",
+STATE_COLUMNS = [
+    ("condition_active", "boolean"),
+    ("pending_since", "timestamptz"),
+    ("clear_pending_since", "timestamptz"),
+    ("last_sample_time", "timestamptz"),
+    ("last_value", "double precision"),
+    ("last_quality", "smallint"),
 ]
+STATE_FIELDS = [name for name, _sql_type in STATE_COLUMNS]
 
 # A conditional update loses only to an operator action on the same alarm, so
 # a retry is rare. After this many attempts the evaluation fails with an error.
@@ -42,39 +46,96 @@ MAX_ATTEMPTS = 3
 
 
 def evaluate_readings(schema, samples, live_sensor_ids):
-    """Evaluate newly stored ``samples`` against the rules of their sensors (telemetry subscriber)."""
+    """Evaluate newly stored ``samples`` against the rules of their sensors (telemetry subscriber).
+
+    A deviation rule is evaluated again when only its setpoint sensor has a
+    new live value, with the rule's last process value.
+    """
     by_sensor = defaultdict(list)
     for sample in samples:
         by_sensor[sample.sensor_id].append(sample)
+    live_sensor_ids = set(live_sensor_ids)
+    live_setpoint_sensors = set(by_sensor) & live_sensor_ids
 
     with schema_context(schema):
         rules = list(
-            AlarmRule.objects.evaluated().filter(sensor_id__in=by_sensor).select_related("sensor__unit").order_by("pk")
+            AlarmRule.objects.evaluated()
+            .filter(
+                Q(sensor_id__in=by_sensor)
+                | Q(condition=Condition.DEVIATION, setpoint_sensor_id__in=live_setpoint_sensors)
+            )
+            .order_by("pk")
         )
         if not rules:
             return
-        live_times = _cached_live_times(schema, {rule.sensor_id for rule in rules} - set(live_sensor_ids))
+        live_times = _cached_live_times(schema, {rule.sensor_id for rule in rules} - live_sensor_ids)
         setpoints = live_setpoints(schema, rules)
 
         with transaction.atomic():
             states = lock_rule_states(rules)
-            evaluated = []
+            originals = {rule_id: _state_values(state) for rule_id, state in states.items()}
+            splits = _split_readings(rules, states, by_sensor, live_sensor_ids, live_times)
+
+            changes = AlarmChanges()
             for rule in rules:
-                readings = sorted(by_sensor[rule.sensor_id], key=lambda sample: sample.time)
                 state = states[rule.pk]
-                live, backfill = _split_live(
-                    readings, state, rule.sensor_id in live_sensor_ids, live_times.get(rule.sensor_id)
-                )
-                if state.last_sample_time is None and live:
-                    live, older = _split_first_batch(rule, live)
-                    backfill = sorted([*backfill, *older], key=lambda sample: sample.time)
+                live, backfill = splits[rule.pk]
                 if live:
-                    _evaluate_live(rule, state, live, setpoints.get(rule.pk))
-                    evaluated.append(state)
+                    _evaluate_live(rule, state, live, changes, setpoints.get(rule.pk))
+                elif rule.setpoint_sensor_id in live_setpoint_sensors:
+                    setpoint_readings = by_sensor[rule.setpoint_sensor_id]
+                    _evaluate_setpoint_change(rule, state, setpoint_readings, changes, setpoints.get(rule.pk))
                 if backfill:
                     _record_backfill(rule, backfill, setpoints.get(rule.pk))
-            if evaluated:
-                AlarmRuleState.objects.bulk_update(evaluated, STATE_FIELDS)
+
+            for rule, events in changes.apply():
+                for event in events:
+                    if isinstance(event, Activation):
+                        activate(rule, event)
+                    else:
+                        clear(rule, time=event.time, value=event.value)
+            write_rule_states([state for rule_id, state in states.items() if _state_values(state) != originals[rule_id]])
+
+
+def _split_readings(rules, states, by_sensor, live_sensor_ids, live_times):
+    """Return {rule id: (live readings, backfill readings)}, each in time order."""
+    splits = {}
+    for rule in rules:
+        readings = sorted(by_sensor.get(rule.sensor_id, ()), key=lambda sample: sample.time)
+        splits[rule.pk] = _split_live(
+            readings, states[rule.pk], rule.sensor_id in live_sensor_ids, live_times.get(rule.sensor_id)
+        )
+
+    # A new rule must not annunciate excursions from before its first batch.
+    first_batches = {
+        rule.sensor_id: splits[rule.pk][0]
+        for rule in rules
+        if states[rule.pk].last_sample_time is None and splits[rule.pk][0]
+    }
+    history_ends = newest_stored_before(first_batches)
+    for rule in rules:
+        history_end = history_ends.get(rule.sensor_id)
+        if states[rule.pk].last_sample_time is not None or history_end is None:
+            continue
+        live, backfill = splits[rule.pk]
+        older = [sample for sample in live if sample.time <= history_end]
+        live = [sample for sample in live if sample.time > history_end]
+        splits[rule.pk] = (live, sorted([*backfill, *older], key=lambda sample: sample.time))
+    return splits
+
+
+def _state_values(state):
+    return tuple(getattr(state, name) for name in STATE_FIELDS)
+
+
+def write_rule_states(states):
+    """Store the evaluated fields of ``states`` in one statement; their rows must be locked by this transaction."""
+    update_from_values(
+        AlarmRuleState._meta.db_table,
+        ("rule_id", "bigint"),
+        STATE_COLUMNS,
+        [(state.rule_id, *_state_values(state)) for state in states],
+    )
 
 
 def lock_rule_states(rules):
@@ -121,26 +182,28 @@ def _split_live(readings, state, changed_live_value, cached_live_time):
     return live, backfill
 
 
-def _split_first_batch(rule, readings):
-    """Split the first live readings of a rule without state into those newer and older than the sensor's history.
+def newest_stored_before(batches):
+    """Return {sensor id: time of its newest stored reading that is older than its batch and not in it}.
 
-    A rule created while its sensor already has readings must not annunciate
-    excursions from before its first batch, so readings older than the newest
-    reading stored before this batch are history for it.
+    ``batches`` maps sensor ids to their time-ordered readings of this
+    batch, which ingest stored already. A rule without state treats readings
+    up to that time as history. Sensors without such a reading are left out.
     """
-    batch_times = [sample.time for sample in readings]
-    previous = (
-        Reading.objects.filter(sensor_id=rule.sensor_id, time__lt=batch_times[-1])
-        .exclude(time__in=batch_times)
-        .order_by("-time")
-        .values_list("time", flat=True)
-        .first()
-    )
-    if previous is None:
-        return readings, []
-    return [sample for sample in readings if sample.time > previous], [
-        sample for sample in readings if sample.time <= previous
+    if not batches:
+        return {}
+    rows = [
+        (sensor_id, readings[-1].time, [sample.time for sample in readings]) for sensor_id, readings in batches.items()
     ]
+    sql = (
+        f"SELECT v.sensor_id, (SELECT r.time FROM {Reading._meta.db_table} AS r "
+        "WHERE r.sensor_id = v.sensor_id AND r.time < v.last_time AND r.time <> ALL (v.batch_times) "
+        "ORDER BY r.time DESC LIMIT 1) "
+        f"FROM (VALUES {', '.join(['(%s::bigint, %s::timestamptz, %s::timestamptz[])'] * len(rows))}) "
+        "AS v (sensor_id, last_time, batch_times)"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [value for row in rows for value in row])
+        return {sensor_id: time for sensor_id, time in cursor.fetchall() if time is not None}
 
 
 def live_setpoints(schema, rules):
@@ -148,7 +211,6 @@ def live_setpoints(schema, rules):
 
     The setpoint is the setpoint sensor's live value when the batch is evaluated.
     """
-    # TODO: a change of the setpoint sensor alone does not re-evaluate its deviation rules; the next reading does.
     setpoints = {}
     sensor_rules = []
     for rule in rules:
@@ -217,29 +279,53 @@ def new_tracker(rule, *, before, setpoint=None, **state):
     return tracker
 
 
-def _evaluate_live(rule, state, readings, setpoint=None):
-    tracker = new_tracker(
+def _evaluate_live(rule, state, readings, changes, setpoint=None):
+    tracker = _tracker_from_state(rule, state, before=readings[0].time, setpoint=setpoint)
+    for sample in readings:
+        event = tracker.feed(rule, sample.time, sample.value, sample.quality)
+        if event is not None:
+            changes.add(rule, event)
+
+    newest = readings[-1]
+    _store_tracker(state, tracker)
+    state.last_sample_time = newest.time
+    state.last_value = newest.value
+    state.last_quality = int(newest.quality)
+
+
+def _evaluate_setpoint_change(rule, state, setpoint_readings, changes, setpoint):
+    """Evaluate a deviation rule's last process value again against a new live setpoint.
+
+    The evaluation time is the newest setpoint reading, or the last process
+    reading when that is newer, so the rule's evaluated time never goes back.
+    """
+    if setpoint is None or state.last_sample_time is None or state.last_quality is None:
+        return
+    time = max(max(sample.time for sample in setpoint_readings), state.last_sample_time)
+    tracker = _tracker_from_state(rule, state, before=time, setpoint=setpoint)
+    event = tracker.feed(rule, time, state.last_value, state.last_quality)
+    if event is not None:
+        changes.add(rule, event)
+    _store_tracker(state, tracker)
+    # Later process readings up to this time count as backfill, because the rule has been evaluated up to it.
+    state.last_sample_time = time
+
+
+def _tracker_from_state(rule, state, *, before, setpoint):
+    return new_tracker(
         rule,
-        before=readings[0].time,
+        before=before,
         setpoint=setpoint,
         active=state.condition_active,
         pending_since=state.pending_since,
         clear_pending_since=state.clear_pending_since,
     )
-    for sample in readings:
-        event = tracker.feed(rule, sample.time, sample.value, sample.quality)
-        if isinstance(event, Activation):
-            activate(rule, event)
-        elif event is not None:
-            clear(rule, time=event.time, value=event.value)
 
-    newest = readings[-1]
+
+def _store_tracker(state, tracker):
     state.condition_active = tracker.active
     state.pending_since = tracker.pending_since
     state.clear_pending_since = tracker.clear_pending_since
-    state.last_sample_time = newest.time
-    state.last_value = newest.value
-    state.last_quality = int(newest.quality)
 
 
 def activate(rule, activation):

@@ -3,7 +3,8 @@
 An annunciated alarm is an activation that reached the operator: a new
 occurrence, or a returned one that became active again. Backfilled,
 suppressed and shelved activations are not counted. The tenant is treated
-as one operator position.
+as one operator position. Security alarms go to administrators, not to the
+plant operator, so they are left out of every figure.
 """
 
 import math
@@ -14,7 +15,7 @@ from datetime import datetime, timedelta
 from django.db.models import Q
 
 from .chatter import suggest_settings
-from .choices import AlarmState, Priority, TransitionAction
+from .choices import AlarmSource, AlarmState, Priority, TransitionAction
 from .models import Alarm, AlarmRule, AlarmTransition
 
 BUCKET = timedelta(minutes=10)
@@ -75,6 +76,7 @@ def compute_kpis(start, end, *, fleeting_shorter_than=FLEETING_SHORTER_THAN):
     activations = list(
         AlarmTransition.objects.filter(
             Q(from_state="") | Q(from_state=AlarmState.RETURNED_UNACKNOWLEDGED),
+            alarm__source=AlarmSource.PROCESS,
             action=TransitionAction.ACTIVATE,
             to_state=AlarmState.ACTIVE_UNACKNOWLEDGED,
             time__gte=start,
@@ -95,7 +97,8 @@ def compute_kpis(start, end, *, fleeting_shorter_than=FLEETING_SHORTER_THAN):
     kpis.chattering = _chattering(activations, start, end)
     kpis.fleeting, kpis.fleeting_rule_ids = _fleeting(start, end, fleeting_shorter_than)
     kpis.stale_alarm_ids = list(
-        Alarm.objects.active()
+        Alarm.objects.process()
+        .active()
         .filter(activated_at__lte=end - STALE_AFTER)
         .order_by("activated_at")
         .values_list("pk", flat=True)
@@ -146,6 +149,7 @@ def _fleeting(start, end, shorter_than):
     """
     transitions = (
         AlarmTransition.objects.filter(
+            alarm__source=AlarmSource.PROCESS,
             alarm__backfilled=False,
             action__in=[TransitionAction.ACTIVATE, TransitionAction.RETURN],
             time__gte=start - shorter_than,

@@ -12,6 +12,7 @@ from .choices import (
     LIMIT_CONDITIONS,
     OPEN_STATES,
     UNACKNOWLEDGED_STATES,
+    AlarmSource,
     AlarmState,
     Condition,
     DeliveryStatus,
@@ -204,6 +205,16 @@ class AlarmQuerySet(models.QuerySet):
     def for_unit(self, unit):
         return self.filter(unit=unit)
 
+    def process(self):
+        return self.filter(source=AlarmSource.PROCESS)
+
+    def security(self):
+        return self.filter(source=AlarmSource.SECURITY)
+
+    def of_sources(self, sources):
+        """Occurrences whose source is one of ``sources``, e.g. the sources a user may see."""
+        return self.filter(source__in=sorted(sources))
+
 
 # Users exist in the public schema too, where there are no alarm tables. If
 # Django or the database followed these keys on delete, deleting a public user
@@ -224,16 +235,31 @@ class AlarmManager(models.Manager.from_queryset(AlarmQuerySet)):
 
 
 class Alarm(models.Model):
-    """One occurrence of an alarm rule, from activation until it is back to normal and acknowledged.
+    """One occurrence of an alarm, from activation until it is back to normal and acknowledged.
 
-    ``condition_started_at`` is the first reading in alarm; with an on-delay
-    the occurrence activates later, at ``activated_at``. A backfilled
-    occurrence comes from readings older than the live value, so it was
-    recorded as history and never annunciated.
+    A process alarm belongs to a rule and its unit. ``condition_started_at``
+    is the first reading in alarm; with an on-delay the occurrence activates
+    later, at ``activated_at``. A backfilled occurrence comes from readings
+    older than the live value, so it was recorded as history and never
+    annunciated.
+
+    A security alarm comes from the audit trail's security monitoring and has
+    no rule and no unit. ``key`` names the pattern and its subject, and a
+    repeat of the same key while the occurrence is open updates it instead
+    of opening another. Its condition returns to normal at ``clears_at``.
     """
 
-    rule = models.ForeignKey(AlarmRule, on_delete=models.CASCADE, related_name="alarms")
-    unit = models.ForeignKey(Unit, on_delete=models.CASCADE, related_name="alarms")
+    rule = models.ForeignKey(AlarmRule, on_delete=models.CASCADE, null=True, blank=True, related_name="alarms")
+    unit = models.ForeignKey(Unit, on_delete=models.CASCADE, null=True, blank=True, related_name="alarms")
+    source = models.CharField(max_length=16, choices=AlarmSource.choices, default=AlarmSource.PROCESS)
+    key = models.CharField(
+        max_length=200,
+        blank=True,
+        help_text='Identity of a security alarm: trigger and subject, e.g. "failed_login_burst:username=admin".',
+    )
+    clears_at = models.DateTimeField(
+        null=True, blank=True, help_text="When a security alarm's condition returns to normal unless it repeats."
+    )
     priority = models.CharField(max_length=16, choices=Priority.choices)
     message = models.CharField(max_length=200)
     state = models.CharField(max_length=16, choices=AlarmState.choices)
@@ -262,6 +288,16 @@ class Alarm(models.Model):
                 condition=~Q(state=AlarmState.NORMAL),
                 name="alarms_alarm_one_open_per_rule",
             ),
+            models.UniqueConstraint(
+                fields=["key"],
+                condition=Q(source=AlarmSource.SECURITY) & ~Q(state=AlarmState.NORMAL),
+                name="alarms_alarm_one_open_per_security_key",
+            ),
+            models.CheckConstraint(
+                condition=Q(source=AlarmSource.PROCESS, rule__isnull=False, unit__isnull=False)
+                | (Q(source=AlarmSource.SECURITY, rule__isnull=True, unit__isnull=True) & ~Q(key="")),
+                name="alarms_alarm_rule_and_unit_match_source",
+            ),
             models.CheckConstraint(
                 condition=~Q(state=AlarmState.SHELVED) | Q(shelved_until__isnull=False),
                 name="alarms_alarm_shelved_has_expiry",
@@ -270,6 +306,7 @@ class Alarm(models.Model):
         indexes = [
             models.Index(fields=["state", "unit"], name="alarms_alarm_state_unit_idx"),
             models.Index(fields=["activated_at"], name="alarms_alarm_activated_idx"),
+            models.Index(fields=["source", "state"], name="alarms_alarm_source_state_idx"),
         ]
 
     def __str__(self):
@@ -278,6 +315,15 @@ class Alarm(models.Model):
     @property
     def acknowledged(self):
         return self.acknowledged_at is not None
+
+    @property
+    def is_security(self):
+        return self.source == AlarmSource.SECURITY
+
+    @property
+    def sensor_id(self):
+        """Id of the rule's sensor; None for a security alarm."""
+        return self.rule.sensor_id if self.rule_id is not None else None
 
 
 class AlarmTransitionManager(models.Manager):

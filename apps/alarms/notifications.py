@@ -16,22 +16,25 @@ import secrets
 import time
 import urllib.error
 import urllib.request
+from datetime import timedelta
 from functools import partial
 
 from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from django.conf import settings
+from django.core.cache import cache
 from django.core.mail import send_mail
 from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 from django_tenants.utils import schema_context
+from kombu.exceptions import OperationalError as KombuOperationalError
 
 from apps.audit import services as audit
 from apps.audit.choices import AuditAction
 
-from .choices import DeliveryStatus, NotificationEvent, TargetKind, TargetPurpose
+from .choices import PRIORITY_RANK, DeliveryStatus, NotificationEvent, TargetKind, TargetPurpose
 from .models import NotificationDelivery, NotificationTarget
 from .push import alarm_payload
 
@@ -47,6 +50,13 @@ WEBHOOK_TIMEOUT_SECONDS = 10
 RETRY_BASE_SECONDS = 30
 RETRY_MAX_SECONDS = 3600
 MAX_RETRIES = 6
+# A pending delivery that no task attempted this long after it was written has lost its task.
+REQUEUE_GRACE_SECONDS = 120
+# Re-queues of one delivery before it is marked failed; with the doubling wait they span about an hour.
+MAX_REQUEUES = 5
+REQUEUE_BATCH_SIZE = 500
+# How long the cache keeps a delivery's re-queue count, well past the last re-queue.
+REQUEUE_MEMORY_SECONDS = 86400
 
 
 class DeliveryError(Exception):
@@ -133,6 +143,24 @@ def notify_annunciation(alarm, transition):
     return queue_deliveries(alarm, transition, NotificationEvent.ANNUNCIATED, targets)
 
 
+def notify_annunciations(annunciations):
+    """Queue the notifications of several ``(alarm, transition)`` annunciations with one query for the targets."""
+    if not annunciations:
+        return []
+    targets = list(NotificationTarget.objects.filter(enabled=True, purpose=TargetPurpose.ANNUNCIATION))
+    deliveries = [
+        NotificationDelivery(target=target, alarm=alarm, transition=transition, event=NotificationEvent.ANNUNCIATED)
+        for alarm, transition in annunciations
+        for target in targets
+        if PRIORITY_RANK[target.min_priority] <= PRIORITY_RANK[alarm.priority]
+    ]
+    if not deliveries:
+        return []
+    deliveries = NotificationDelivery.objects.bulk_create(deliveries)
+    transaction.on_commit(partial(_enqueue_all, connection.schema_name, [delivery.pk for delivery in deliveries]))
+    return deliveries
+
+
 def queue_deliveries(alarm, transition, event, targets):
     """Store one pending delivery per target in the current transaction and send them after commit."""
     if not targets:
@@ -146,6 +174,11 @@ def queue_deliveries(alarm, transition, event, targets):
     return deliveries
 
 
+def _enqueue_all(schema, delivery_ids):
+    for delivery_id in delivery_ids:
+        _enqueue(schema, delivery_id)
+
+
 def _enqueue(schema, delivery_id):
     from .tasks import deliver_notification_task
 
@@ -153,8 +186,65 @@ def _enqueue(schema, delivery_id):
         with schema_context(schema):
             deliver_notification_task.delay(delivery_id)
     except Exception:
-        # TODO: a delivery whose task could not be queued stays pending; nothing re-queues it yet.
+        # The delivery stays pending, and requeue_pending_deliveries queues it again after the grace period.
         logger.exception("Queueing notification delivery %s of schema %s failed", delivery_id, schema)
+
+
+def requeue_pending_deliveries(now=None):
+    """Queue again each pending delivery that no task has attempted within the grace period; return the counts.
+
+    Such a delivery lost its task, because the broker was down at commit or
+    lost the message. The n-th re-queue of a delivery waits
+    ``REQUEUE_GRACE_SECONDS`` × 2^(n-1) after the one before, and after
+    ``MAX_REQUEUES`` the delivery is marked failed. A delivery whose first
+    task was only late is sent twice, and receivers drop the repeat by its
+    delivery id. The re-queue count lives in the cache, so a cache flush
+    restarts it.
+    """
+    from .tasks import deliver_notification_task
+
+    now = now or timezone.now()
+    due = (
+        NotificationDelivery.objects.filter(
+            status=DeliveryStatus.PENDING,
+            attempts=0,
+            created_at__lte=now - timedelta(seconds=REQUEUE_GRACE_SECONDS),
+        )
+        .order_by("created_at", "pk")
+        .values_list("pk", "alarm_id", "created_at")[:REQUEUE_BATCH_SIZE]
+    )
+    counts = {"requeued": 0, "failed": 0, "waiting": 0}
+    for delivery_id, alarm_id, created_at in due:
+        key = f"alarms:delivery-requeues:{delivery_id}"
+        requeues, last_requeued = cache.get(key) or (0, None)
+        if last_requeued is not None and now.timestamp() < last_requeued + REQUEUE_GRACE_SECONDS * 2 ** (requeues - 1):
+            counts["waiting"] += 1
+            continue
+        if requeues >= MAX_REQUEUES:
+            counts["failed"] += NotificationDelivery.objects.filter(
+                pk=delivery_id, status=DeliveryStatus.PENDING, attempts=0
+            ).update(
+                status=DeliveryStatus.FAILED,
+                last_error=f"No task ran this delivery after it was queued {requeues + 1} times; check the Celery workers.",
+            )
+            logger.error(
+                "Notification delivery %s of alarm %s was never attempted after %d re-queues; marked failed",
+                delivery_id, alarm_id, requeues,
+            )
+            continue
+        try:
+            deliver_notification_task.delay(delivery_id)
+        except KombuOperationalError:
+            # The broker is still down, so the remaining deliveries would fail too; the next sweep tries again.
+            logger.exception("Re-queueing notification delivery %s of alarm %s failed", delivery_id, alarm_id)
+            break
+        cache.set(key, (requeues + 1, now.timestamp()), timeout=REQUEUE_MEMORY_SECONDS)
+        counts["requeued"] += 1
+        logger.warning(
+            "Notification delivery %s of alarm %s was pending without an attempt since %s; re-queued (%d of %d)",
+            delivery_id, alarm_id, created_at.isoformat(), requeues + 1, MAX_REQUEUES,
+        )
+    return counts
 
 
 # Sending -------------------------------------------------------------------------
@@ -220,7 +310,8 @@ def _send(delivery):
 def _send_email(delivery):
     alarm = delivery.alarm
     verb = "escalated" if delivery.event == NotificationEvent.ESCALATED else "active"
-    subject = f"[{alarm.get_priority_display()}] Alarm {verb}: {alarm.message}"
+    kind = "Security alarm" if alarm.is_security else "Alarm"
+    subject = f"[{alarm.get_priority_display()}] {kind} {verb}: {alarm.message}"
     body = (
         f"{alarm.message}\n"
         f"Priority: {alarm.get_priority_display()}\n"

@@ -17,12 +17,18 @@ def unit_group(schema, unit_id):
     return f"{schema}.unit.{unit_id}"
 
 
+def security_group(schema):
+    """Return the Channels group of a tenant's security alarms, which have no unit."""
+    return f"{schema}.alarms.security"
+
+
 def alarm_payload(alarm):
     """Return the JSON-ready description of an occurrence that the alarm banner shows."""
     return {
         "id": alarm.pk,
+        "source": alarm.source,
         "rule": alarm.rule_id,
-        "sensor": alarm.rule.sensor_id,
+        "sensor": alarm.sensor_id,
         "unit": alarm.unit_id,
         "message": alarm.message,
         "priority": alarm.priority,
@@ -41,7 +47,7 @@ def alarm_payload(alarm):
 
 
 def push_alarm_after_commit(alarm):
-    """Send the occurrence's new state to its unit's group once the current transaction commits."""
+    """Send the occurrence's new state to its unit's group, or to the security group, once the transaction commits."""
     schema = connection.schema_name
     transaction.on_commit(partial(send_alarm_update, schema, alarm.unit_id, alarm_payload(alarm)))
 
@@ -50,8 +56,36 @@ def send_alarm_update(schema, unit_id, payload):
     layer = get_channel_layer()
     if layer is None:
         return
+    group = unit_group(schema, unit_id) if unit_id is not None else security_group(schema)
     try:
-        async_to_sync(layer.group_send)(unit_group(schema, unit_id), {"type": ALARM_MESSAGE_TYPE, "alarm": payload})
+        async_to_sync(layer.group_send)(group, {"type": ALARM_MESSAGE_TYPE, "alarm": payload})
     except Exception:
         # The change is committed and stays in the alarm list; only the live banner misses it.
-        logger.exception("Pushing alarm %s to unit %s of schema %s failed", payload["id"], unit_id, schema)
+        logger.exception("Pushing alarm %s to group %s failed", payload["id"], group)
+
+
+def push_payloads_after_commit(messages):
+    """Send ``(unit id, payload)`` messages in order once the current transaction commits, in one event loop call.
+
+    The evaluator pushes all changes of a batch this way, because each
+    ``async_to_sync`` call costs milliseconds of thread hand-over.
+    """
+    if messages:
+        transaction.on_commit(partial(send_alarm_updates, connection.schema_name, list(messages)))
+
+
+def send_alarm_updates(schema, messages):
+    layer = get_channel_layer()
+    if layer is None:
+        return
+
+    async def send_in_order():
+        for unit_id, payload in messages:
+            group = unit_group(schema, unit_id) if unit_id is not None else security_group(schema)
+            try:
+                await layer.group_send(group, {"type": ALARM_MESSAGE_TYPE, "alarm": payload})
+            except Exception:
+                # The change is committed and stays in the alarm list; only the live banner misses it.
+                logger.exception("Pushing alarm %s to group %s failed", payload["id"], group)
+
+    async_to_sync(send_in_order)()

@@ -3,7 +3,7 @@ import logging
 from celery import shared_task
 from django.db import connection
 
-from .notifications import MAX_RETRIES, DeliveryError, attempt_delivery, retry_countdown
+from .notifications import MAX_RETRIES, DeliveryError, attempt_delivery, requeue_pending_deliveries, retry_countdown
 from .timers import run_alarm_timers
 
 logger = logging.getLogger(__name__)
@@ -11,7 +11,7 @@ logger = logging.getLogger(__name__)
 
 @shared_task(name="alarms.run_timers", soft_time_limit=30, time_limit=45)
 def run_alarm_timers_task():
-    """Apply the clock-driven alarm changes (stale data, re-alarm, suppression, shelving) in the task's schema."""
+    """Apply the clock-driven alarm changes (stale data, re-alarm, suppression, shelving, security) in the task's schema."""
     counts = run_alarm_timers()
     if any(counts.values()):
         logger.info("Schema %s: alarm timers %s", connection.schema_name, counts)
@@ -27,3 +27,12 @@ def deliver_notification_task(self, delivery_id):
         return attempt_delivery(delivery_id, last_attempt=self.request.retries >= self.max_retries)
     except DeliveryError as exc:
         raise self.retry(exc=exc, countdown=retry_countdown(self.request.retries)) from exc
+
+
+@shared_task(name="alarms.requeue_pending_deliveries", soft_time_limit=60, time_limit=90)
+def requeue_pending_deliveries_task():
+    """Queue again the notification deliveries of the task's schema whose task was lost."""
+    counts = requeue_pending_deliveries()
+    if counts["requeued"] or counts["failed"]:
+        logger.info("Schema %s: pending notification deliveries %s", connection.schema_name, counts)
+    return counts

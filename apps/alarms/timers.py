@@ -1,7 +1,8 @@
 """Alarm changes driven by the clock rather than by a reading.
 
 Stale data, on-delays that elapse without a new reading, re-alarm,
-escalation, suppression and shelving expiry.
+escalation, suppression, shelving expiry and the return to normal of
+security alarms.
 """
 
 import logging
@@ -18,6 +19,7 @@ from .evaluation import Activation
 from .evaluator import activate, lock_rule_states
 from .models import Alarm, AlarmRule, AlarmRuleState, AlarmTransition, NotificationDelivery, NotificationTarget
 from .notifications import queue_deliveries
+from .security import return_security_alarms
 from .services import expire_shelved_alarms
 from .transitions import change_state
 
@@ -223,4 +225,5 @@ def run_alarm_timers(now=None):
         "escalated": escalate_unacknowledged_alarms(now),
         "unsuppressed": end_suppression(now),
         "unshelved": expire_shelved_alarms(now),
+        "security_returned": return_security_alarms(now),
     }

@@ -2,8 +2,9 @@
 
 import logging
 from datetime import timedelta
+from functools import wraps
 
-from django.contrib.auth.decorators import login_required, permission_required
+from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count
 from django.http import HttpResponseBadRequest
@@ -11,10 +12,19 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
-from .choices import AlarmState, Priority
+from .choices import AlarmSource, AlarmState, Priority
 from .kpis import compute_kpis
 from .models import Alarm
-from .permissions import can_acknowledge_alarms, can_handle_alarms, can_shelve_alarms
+from .permissions import (
+    can_acknowledge_alarm,
+    can_acknowledge_alarms,
+    can_handle_alarm,
+    can_handle_alarms,
+    can_shelve_alarm,
+    can_shelve_alarms,
+    can_view_alarms,
+    visible_sources,
+)
 from .services import MAX_SHELVE_DURATION, AlarmActionError, acknowledge_alarm, shelve_alarm, unshelve_alarm
 
 logger = logging.getLogger(__name__)
@@ -35,8 +45,24 @@ SHELVE_MINUTES = (15, 60, 240, 480)
 KPI_PANEL_WINDOW = timedelta(hours=24)
 
 
-@login_required
-@permission_required("alarms.view_alarm", raise_exception=True)
+def view_alarms_required(view_func):
+    """Allow users whose role may view process or security alarms, and raise PermissionDenied (403) for others."""
+
+    def wrapped(request, *args, **kwargs):
+        if not can_view_alarms(request.user):
+            raise PermissionDenied("Your role may not view alarms; ask an administrator.")
+        return view_func(request, *args, **kwargs)
+
+    return login_required(wraps(view_func)(wrapped))
+
+
+def visible_alarms(user):
+    """Return the alarms of the sources ``user`` may see, with what the alarm rows show."""
+    alarms = Alarm.objects.select_related("unit__site", "rule__sensor", "acknowledged_by", "shelved_by")
+    return alarms.of_sources(visible_sources(user))
+
+
+@view_alarms_required
 @require_GET
 def alarm_list(request):
     """Show the alarms of one list view, most urgent first; HTMX requests get only the table."""
@@ -44,13 +70,11 @@ def alarm_list(request):
     if view not in LIST_VIEWS:
         return HttpResponseBadRequest(f"Unknown alarm view {view!r}; use one of {', '.join(LIST_VIEWS)}.")
     title, select = LIST_VIEWS[view]
-    alarms = list(
-        select(Alarm.objects.select_related("unit__site", "rule__sensor", "acknowledged_by", "shelved_by"))[
-            :HISTORY_LIMIT
-        ]
-    )
+    alarms = list(select(visible_alarms(request.user))[:HISTORY_LIMIT])
     if view != "history":
         alarms.sort(key=lambda alarm: (PRIORITY_ORDER[alarm.priority], -alarm.activated_at.timestamp()))
+    for alarm in alarms:
+        alarm.user_may_act = can_handle_alarm(request.user, alarm)
     context = {
         "alarms": alarms,
         "view": view,
@@ -61,18 +85,20 @@ def alarm_list(request):
     }
     if request.htmx:
         return render(request, "alarms/partials/alarm_table.html", context)
-    end = timezone.now()
-    context["kpis"] = compute_kpis(end - KPI_PANEL_WINDOW, end)
+    # The KPIs measure the load of plant operators, so they cover process alarms only.
+    if AlarmSource.PROCESS in visible_sources(request.user):
+        end = timezone.now()
+        context["kpis"] = compute_kpis(end - KPI_PANEL_WINDOW, end)
     return render(request, "alarms/alarm_list.html", context)
 
 
-@login_required
-@permission_required("alarms.view_alarm", raise_exception=True)
+@view_alarms_required
 @require_GET
 def banner(request):
     """Render the count of alarms waiting for an acknowledgement, by priority, and tell the page to refresh lists."""
     counts = dict(
-        Alarm.objects.unacknowledged()
+        Alarm.objects.of_sources(visible_sources(request.user))
+        .unacknowledged()
         .values_list("priority")
         .annotate(count=Count("pk"))
         .values_list("priority", "count")
@@ -93,6 +119,7 @@ def acknowledge(request, pk):
         pk,
         lambda alarm: acknowledge_alarm(alarm, actor=request.user, comment=request.POST.get("comment", "")),
         allowed=can_acknowledge_alarms(request.user),
+        allowed_on=can_acknowledge_alarm,
     )
 
 
@@ -114,6 +141,7 @@ def shelve(request, pk):
         pk,
         lambda alarm: shelve_alarm(alarm, actor=request.user, until=until, comment=request.POST.get("comment", "")),
         allowed=can_shelve_alarms(request.user),
+        allowed_on=can_shelve_alarm,
     )
 
 
@@ -125,14 +153,17 @@ def unshelve(request, pk):
         pk,
         lambda alarm: unshelve_alarm(alarm, actor=request.user, comment=request.POST.get("comment", "")),
         allowed=can_shelve_alarms(request.user),
+        allowed_on=can_shelve_alarm,
     )
 
 
-def _act(request, pk, perform, *, allowed):
+def _act(request, pk, perform, *, allowed, allowed_on):
     """Run one operator action and return the alarm's new table row to an HTMX request."""
     if not allowed:
         raise PermissionDenied("Your role may not acknowledge or shelve alarms.")
-    alarm = get_object_or_404(Alarm, pk=pk)
+    alarm = get_object_or_404(visible_alarms(request.user), pk=pk)
+    if not allowed_on(request.user, alarm):
+        raise PermissionDenied(f"Your role may not act on {alarm.get_source_display().lower()} alarm {pk}.")
     error = None
     try:
         perform(alarm)
@@ -141,6 +172,7 @@ def _act(request, pk, perform, *, allowed):
         error = str(exc)
     if not request.htmx:
         return redirect("alarms:list")
-    alarm = Alarm.objects.select_related("unit__site", "rule__sensor", "acknowledged_by", "shelved_by").get(pk=pk)
+    alarm = visible_alarms(request.user).get(pk=pk)
+    alarm.user_may_act = can_handle_alarm(request.user, alarm)
     context = {"alarm": alarm, "error": error, "can_handle": True, "shelve_minutes": SHELVE_MINUTES}
     return render(request, "alarms/partials/alarm_row.html", context)

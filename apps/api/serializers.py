@@ -55,7 +55,7 @@ class DeviceSerializer(ModelCleanMixin, serializers.ModelSerializer):
         fields = (
             "id", "name", "protocol", "host", "port", "unit_id", "endpoint_path", "poll_interval", "timeout",
             "enabled", "username", "password", "client_id", "qos", "tls_ca_file", "tls_cert_file", "tls_key_file",
-            "dnp3_master_address", "dnp3_outstation_address", "integrity_interval", "event_poll_interval", "time_sync",
+            "tls_verify_hostname", "dnp3_master_address", "dnp3_outstation_address", "integrity_interval", "event_poll_interval", "time_sync",
             "status", "last_seen", "last_error", "last_poll_duration_ms", "consecutive_failures", "error_count",
         )
         read_only_fields = (
@@ -70,7 +70,8 @@ class PointSerializer(ModelCleanMixin, serializers.ModelSerializer):
         fields = (
             "id", "device", "sensor", "register_type", "address", "data_type", "byte_order", "bit", "scale",
             "offset", "scale_factor_address", "topic", "json_path", "timestamp_path", "node_id",
-            "sampling_interval_ms", "deadband", "dnp3_type", "dnp3_index", "enabled", "last_error",
+            "sampling_interval_ms", "deadband", "dnp3_type", "dnp3_index", "dnp3_control", "dnp3_operate_mode",
+            "dnp3_on_time_ms", "dnp3_off_time_ms", "enabled", "last_error",
         )
         read_only_fields = ("last_error",)
 

@@ -34,6 +34,7 @@ class AuditAction(models.TextChoices):
     SETPOINT_WRITTEN = "setpoint.written", "Setpoint written"
     DATA_EXPORTED = "data.exported", "Data exported"
     AUDIT_EXPORTED = "audit.exported", "Audit trail exported"
+    AUDIT_EXPORT_DELETED = "audit.export_deleted", "Audit export file deleted"
     TENANT_LIFECYCLE = "tenant.lifecycle", "Tenant lifecycle event"
 
     SECURITY_ALARM = "security.alarm", "Security alarm raised"
@@ -65,3 +66,4 @@ class ExportStatus(models.TextChoices):
     RUNNING = "running", "Writing"
     DONE = "done", "Ready"
     FAILED = "failed", "Failed"
+    EXPIRED = "expired", "File deleted after the retention period"

@@ -47,27 +47,33 @@ class AuditedModelAdminMixin:
     """Record each add, change and delete made through a ModelAdmin, its inlines and its bulk delete action.
 
     Put it before the admin base: ``class UnitAdmin(AuditedModelAdminMixin, admin.ModelAdmin)``.
+    An admin of a model with secret fields overrides ``audit_snapshot`` to
+    leave them out of the entries.
     """
+
+    def audit_snapshot(self, obj):
+        """Return the field values of one of the admin's own objects as the audit entries store them."""
+        return snapshot(obj)
 
     def save_model(self, request, obj, form, change):
         with transaction.atomic():
             # The form has already set the new values on obj, but the stored row still has the old ones.
-            before = snapshot(type(obj)._default_manager.get(pk=obj.pk)) if change else None
+            before = self.audit_snapshot(type(obj)._default_manager.get(pk=obj.pk)) if change else None
             super().save_model(request, obj, form, change)
             record(
                 AuditAction.OBJECT_UPDATED if change else AuditAction.OBJECT_CREATED,
-                actor=request.user, obj=obj, before=before, after=snapshot(obj), request=request,
+                actor=request.user, obj=obj, before=before, after=self.audit_snapshot(obj), request=request,
             )
 
     def delete_model(self, request, obj):
         with transaction.atomic():
-            target, before = AuditTarget.of(obj), snapshot(obj)
+            target, before = AuditTarget.of(obj), self.audit_snapshot(obj)
             super().delete_model(request, obj)
             record(AuditAction.OBJECT_DELETED, actor=request.user, obj=target, before=before, request=request)
 
     def delete_queryset(self, request, queryset):
         with transaction.atomic():
-            doomed = [(AuditTarget.of(obj), snapshot(obj)) for obj in queryset]
+            doomed = [(AuditTarget.of(obj), self.audit_snapshot(obj)) for obj in queryset]
             super().delete_queryset(request, queryset)
             for target, before in doomed:
                 record(AuditAction.OBJECT_DELETED, actor=request.user, obj=target, before=before, request=request)

@@ -166,7 +166,9 @@ class ExportJob(models.Model):
     """An export written to a file by a Celery task, with its manifest beside it, for exports too large to wait for.
 
     The entries are fixed when the job is requested: those matching `filters`
-    up to sequence `through`.
+    up to sequence `through`. Only the user who requested a job can see it and
+    download its file, which is deleted AUDIT_EXPORT_RETENTION_DAYS after it
+    was written.
     """
 
     requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
@@ -181,6 +183,9 @@ class ExportJob(models.Model):
     error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    file_deleted_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the retention task deleted the file and its manifest."
+    )
 
     class Meta:
         ordering = ["-created_at"]

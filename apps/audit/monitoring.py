@@ -3,7 +3,10 @@
 `inspect_entry` runs inside `record`, in the transaction of the entry it
 inspects, so an alarm exists exactly when its triggering entry does. Each
 alarm is itself an audit entry (action `security.alarm`, the trigger in
-detail["trigger"]) and is mailed to the tenant's active admins after commit.
+detail["trigger"]) and is sent as the `security_alarm_raised` signal, which
+the alarm system turns into an alarm of source "security" and notifies
+through its notification targets. When no receiver notified anyone, the
+tenant's active admins get a mail after commit instead.
 The thresholds and working hours are the tenant's AuditSettings.
 """
 
@@ -15,6 +18,7 @@ from zoneinfo import ZoneInfo
 
 from django.core.mail import send_mail
 from django.db import DatabaseError, IntegrityError, connection, transaction
+from django.dispatch import Signal
 from django_tenants.utils import get_public_schema_name
 from rest_framework_api_key.models import AbstractAPIKey
 from rest_framework_simplejwt.tokens import Token
@@ -28,6 +32,17 @@ MONITOR_JOB = "audit.security_monitor"
 IPV4_PREFIX = 24
 IPV6_PREFIX = 64
 
+# Sent inside the transaction of the triggering entry, with these keyword arguments:
+#   trigger      the SecurityTrigger of the pattern.
+#   key          "<trigger>:<subject>", the same for every repeat by the same actor or address.
+#   message      the text for the alarm list.
+#   time         the time of the triggering entry.
+#   window       the timedelta the pattern stays active after `time` unless it repeats, zero for single events.
+#   audit_entry  the security.alarm entry, or None when a burst goes on past its limit without a new entry.
+# A receiver returns True when it notified someone. The audit app never imports
+# its receivers, because apps.alarms connects in its AppConfig.ready().
+security_alarm_raised = Signal()
+
 
 def inspect_entry(entry):
     """Raise the security alarms that a newly written entry completes; return the alarm entries."""
@@ -40,12 +55,14 @@ def inspect_entry(entry):
     return []
 
 
-def raise_security_alarm(trigger, *, message, detail, cause=None):
-    """Record a security alarm entry and mail it to the tenant's admins once the transaction commits."""
+def raise_security_alarm(trigger, *, subject, message, detail, cause=None, window=timedelta(0)):
+    """Record a security alarm entry and send it to the alarm system; mail the admins when no target received it.
+
+    `subject` names who or what the pattern is about, e.g. "username=admin",
+    and forms the alarm's key with the trigger.
+    """
     from .services import Actor, record
 
-    # TODO: raise these through apps.alarms once an alarm can exist without a rule and a unit.
-    # Until then they reach admins as audit entries and e-mail, not in the alarm list.
     trigger = SecurityTrigger(trigger)
     full_detail = {"trigger": trigger.value, "message": message, **detail}
     if cause is not None:
@@ -53,12 +70,42 @@ def raise_security_alarm(trigger, *, message, detail, cause=None):
     alarm = record(AuditAction.SECURITY_ALARM, actor=Actor.system_job(MONITOR_JOB), detail=full_detail)
     logger.warning("Security alarm %s on schema %s (entry %s): %s", trigger.value, connection.schema_name,
                    alarm.sequence, message)
-    transaction.on_commit(partial(notify_admins, connection.schema_name, alarm.sequence, trigger.label, message))
+    notified = send_security_alarm(
+        trigger, subject=subject, message=message, time=alarm.time, window=window, audit_entry=alarm
+    )
+    if not notified:
+        transaction.on_commit(partial(notify_admins, connection.schema_name, alarm.sequence, trigger.label, message))
     return alarm
 
 
+def send_security_alarm(trigger, *, subject, message, time, window, audit_entry=None):
+    """Send `security_alarm_raised` and return whether a receiver notified someone.
+
+    A receiver that raises is logged and neither removes the audit entry nor
+    fails the request. A receiver that writes to the database needs a
+    savepoint of its own, as apps.alarms.security has, or its database
+    error breaks the surrounding transaction.
+    """
+    key = f"{trigger.value}:{subject}"
+    responses = security_alarm_raised.send_robust(
+        sender=SecurityTrigger, trigger=trigger, key=key, message=message, time=time, window=window,
+        audit_entry=audit_entry,
+    )
+    notified = False
+    for receiver, response in responses:
+        if isinstance(response, Exception):
+            logger.error("Security alarm receiver %s failed for %s on schema %s", receiver, key,
+                         connection.schema_name, exc_info=response)
+        elif response:
+            notified = True
+    return notified
+
+
 def notify_admins(schema, sequence, title, message):
-    """Mail a security alarm to the active admins of the tenant who have an e-mail address."""
+    """Mail a security alarm to the active admins of the tenant who have an e-mail address.
+
+    Used only when no notification target received the alarm.
+    """
     from django_tenants.utils import schema_context
 
     from apps.accounts.services import human_admins
@@ -86,22 +133,23 @@ def _recent(action, minutes, now):
 
 def _check_failed_logins(entry):
     settings = AuditSettings.current()
+    window = timedelta(minutes=settings.failed_login_window_minutes)
     recent = _recent(AuditAction.LOGIN_FAILED, settings.failed_login_window_minutes, entry.time)
     subjects = {}
-    username = entry.detail.get("username", "")
-    # The alarm fires when the count reaches the limit, so one burst raises one alarm, not one per failure.
-    if username and recent.filter(detail__username=username).count() == settings.failed_login_limit:
-        subjects["username"] = username
-    if entry.source_ip and recent.filter(source_ip=entry.source_ip).count() == settings.failed_login_limit:
-        subjects["source_ip"] = entry.source_ip
-    if not subjects:
-        return []
-    named = " and ".join(f"{key} {value}" for key, value in subjects.items())
-    message = (
-        f"{settings.failed_login_limit} failed logins in {settings.failed_login_window_minutes} minutes "
-        f"for {named}."
-    )
-    return [raise_security_alarm(SecurityTrigger.FAILED_LOGIN_BURST, message=message, detail=subjects, cause=entry)]
+    if entry.detail.get("username", ""):
+        subjects["username"] = (entry.detail["username"], recent.filter(detail__username=entry.detail["username"]))
+    if entry.source_ip:
+        subjects["source_ip"] = (entry.source_ip, recent.filter(source_ip=entry.source_ip))
+    alarms = []
+    for name, (value, failures) in subjects.items():
+        count = failures.count()
+        message = (
+            f"{settings.failed_login_limit} failed logins in {settings.failed_login_window_minutes} minutes "
+            f"for {name} {value}."
+        )
+        alarms.extend(_burst(SecurityTrigger.FAILED_LOGIN_BURST, count, settings.failed_login_limit, entry,
+                             subject=f"{name}={value}", message=message, detail={name: value}, window=window))
+    return alarms
 
 
 def _check_denials(entry):
@@ -109,13 +157,29 @@ def _check_denials(entry):
     count = _recent(AuditAction.PERMISSION_DENIED, settings.denial_window_minutes, entry.time).filter(
         actor_type=entry.actor_type, actor_id=entry.actor_id
     ).count()
-    if count != settings.denial_limit:
-        return []
     message = (
-        f"{entry.actor_name or entry.actor_id} was denied {count} times in {settings.denial_window_minutes} minutes."
+        f"{entry.actor_name or entry.actor_id} was denied {settings.denial_limit} times "
+        f"in {settings.denial_window_minutes} minutes."
     )
     detail = {"actor_type": entry.actor_type, "actor_id": entry.actor_id, "actor_name": entry.actor_name}
-    return [raise_security_alarm(SecurityTrigger.DENIAL_BURST, message=message, detail=detail, cause=entry)]
+    return _burst(SecurityTrigger.DENIAL_BURST, count, settings.denial_limit, entry,
+                  subject=f"{entry.actor_type}={entry.actor_id}", message=message, detail=detail,
+                  window=timedelta(minutes=settings.denial_window_minutes))
+
+
+def _burst(trigger, count, limit, entry, *, subject, message, detail, window):
+    """Raise the alarm of a burst when `count` reaches `limit`, and keep it active while the burst goes on.
+
+    Only reaching the limit writes a security.alarm entry, so one burst
+    leaves one entry. Every further event of the burst is sent to the alarm
+    system, which keeps the alarm active until `window` after the last one.
+    """
+    if count == limit:
+        return [raise_security_alarm(trigger, subject=subject, message=message, detail=detail, cause=entry,
+                                     window=window)]
+    if count > limit:
+        send_security_alarm(trigger, subject=subject, message=message, time=entry.time, window=window)
+    return []
 
 
 def is_working_time(settings, moment):
@@ -135,7 +199,8 @@ def _check_working_hours(entry):
         f"{local:%a %Y-%m-%d %H:%M} {settings.time_zone}, outside the working hours."
     )
     detail = {"actor_type": entry.actor_type, "actor_id": entry.actor_id, "local_time": local.isoformat()}
-    return [raise_security_alarm(SecurityTrigger.OFF_HOURS_SETPOINT, message=message, detail=detail, cause=entry)]
+    return [raise_security_alarm(SecurityTrigger.OFF_HOURS_SETPOINT, subject=f"{entry.actor_type}={entry.actor_id}",
+                                 message=message, detail=detail, cause=entry)]
 
 
 def network_of(address):
@@ -180,7 +245,8 @@ def check_credential_network(request, source_ip):
                 return None
             message = f"{CredentialType(credential_type).label} {name} was used from the new network {network}."
             detail = {"credential_type": credential_type, "credential_id": credential_id, "network": network}
-            return raise_security_alarm(SecurityTrigger.NEW_NETWORK, message=message, detail=detail)
+            return raise_security_alarm(SecurityTrigger.NEW_NETWORK, subject=f"{credential_type}={credential_id}",
+                                        message=message, detail=detail)
     except IntegrityError:
         # A concurrent request of the same credential noted this network first and raised any alarm.
         return None

@@ -7,10 +7,10 @@ from django.shortcuts import get_object_or_404, render
 from django.views.decorators.http import require_GET, require_POST
 
 from .choices import ExportStatus
-from .export_jobs import export_folder, start_export_job
+from .export_jobs import export_folder, jobs_of, start_export_job
 from .exports import ExportFormat
 from .filters import AuditEntryFilter
-from .models import AuditEntry, ExportJob
+from .models import AuditEntry
 from .permissions import READ_PERMISSION
 from .views import export_query, head_sequence
 
@@ -88,8 +88,8 @@ def start_export(request):
 @permission_required(READ_PERMISSION, raise_exception=True)
 @require_GET
 def export_status(request, pk):
-    """Return the progress panel of an export job; HTMX polls it until the job is done or failed."""
-    job = get_object_or_404(ExportJob, pk=pk)
+    """Return the progress panel of the user's own export job; HTMX polls it until the job is done or failed."""
+    job = get_object_or_404(jobs_of(request.user), pk=pk)
     return render(request, "audit/partials/export_job.html", {"job": job})
 
 
@@ -97,8 +97,8 @@ def export_status(request, pk):
 @permission_required(READ_PERMISSION, raise_exception=True)
 @require_GET
 def export_download(request, pk, part):
-    """Send the finished file (part "file") or its manifest (part "manifest") of an export job."""
-    job = get_object_or_404(ExportJob, pk=pk, status=ExportStatus.DONE)
+    """Send the finished file (part "file") or its manifest (part "manifest") of the user's own export job."""
+    job = get_object_or_404(jobs_of(request.user), pk=pk, status=ExportStatus.DONE)
     name = job.file_name if part == "file" else job.manifest_name
     path = export_folder(connection.schema_name) / name
     if not path.is_file():

@@ -3,7 +3,7 @@ import logging
 from celery import shared_task
 from django.db import connection
 
-from .export_jobs import write_export_job
+from .export_jobs import delete_old_exports, write_export_job
 from .retention import apply_retention
 
 logger = logging.getLogger(__name__)
@@ -24,3 +24,12 @@ def write_export_task(job_id):
     """Write the file and manifest of one audit export job of the task's tenant."""
     job = write_export_job(job_id)
     return job.status if job else None
+
+
+@shared_task(name="audit.delete_old_exports", soft_time_limit=600, time_limit=900)
+def delete_old_exports_task():
+    """Delete the audit export files of the task's tenant that are older than AUDIT_EXPORT_RETENTION_DAYS."""
+    deleted = delete_old_exports()
+    if deleted:
+        logger.info("Schema %s: deleted %d old audit export files", connection.schema_name, len(deleted))
+    return len(deleted)

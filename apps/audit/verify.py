@@ -41,6 +41,29 @@ def retention_start():
     return {"sequence": latest["detail"]["through_sequence"], "hash": latest["detail"]["last_dropped_hash"]}
 
 
+def restore_points():
+    """Return (sequence, source schema) of each restore recorded in the current tenant's chain, in chain order.
+
+    An entry is hashed with the schema name it was recorded in. A tenant
+    restored from an archive under a new schema keeps the entries of its
+    source, so they verify with the source's name, which the restore entry
+    names. That entry and the later ones hash with the new schema's name.
+    """
+    restores = AuditEntry.objects.filter(action=AuditAction.TENANT_LIFECYCLE, detail__event="restored")
+    return [
+        (row["sequence"], row["detail"]["source_schema"])
+        for row in restores.order_by("sequence").values("sequence", "detail")
+    ]
+
+
+def hashed_tenant_name(sequence, schema, restores):
+    """Return the tenant name that entry `sequence` was hashed with: the source of the first restore after it."""
+    for restore_sequence, source_schema in restores:
+        if sequence < restore_sequence:
+            return source_schema
+    return schema
+
+
 def verify_chain(schema, *, anchors=None):
     """Verify the audit chain of one tenant schema from its first entry to its head.
 
@@ -48,14 +71,15 @@ def verify_chain(schema, *, anchors=None):
     """
     counted = {"entries": 0, "last": None}
 
-    def rows():
+    def rows(restores):
         for entry in AuditEntry.objects.in_chain_order().iterator(chunk_size=CHUNK_SIZE):
             counted["entries"] += 1
             counted["last"] = entry
-            yield {**entry_row(entry), "tenant": schema}
+            yield {**entry_row(entry), "tenant": hashed_tenant_name(entry.sequence, schema, restores)}
 
     with schema_context(schema):
-        first_break = find_first_break(rows(), contiguous=True, anchors=anchors, start=retention_start())
+        restores = restore_points()
+        first_break = find_first_break(rows(restores), contiguous=True, anchors=anchors, start=retention_start())
     last = counted["last"]
     return ChainReport(
         schema=schema,

@@ -3,15 +3,21 @@
 import asyncio
 import json
 import logging
+import time
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.db.models import Q
 from django.template.loader import render_to_string
 from django_tenants.utils import schema_context
 
 from apps.accounts.roles import Capability, has_capability
+from apps.accounts.sockets import CLOSE_CREDENTIAL_ENDED, CREDENTIAL_FIELDS
+from apps.alarms.choices import AlarmSource
+from apps.alarms.permissions import visible_sources
+from apps.alarms.push import security_group
 from apps.sensors.models import Sensor
 from apps.sensors.quality import is_bad, quality_label
 from apps.units.models import Unit
@@ -58,6 +64,10 @@ class LiveValuesConsumer(AsyncWebsocketConsumer):
     Messages go through a bounded outbox that one writer task sends in
     order. Alarm changes are queued one by one; live values are merged to
     the newest per sensor while the outbox is busy.
+
+    The socket joins the groups of its credential (``scope["credential"]``,
+    see apps.accounts.sockets), whose close messages end it, and it closes
+    with 4401 before it would push anything after its token or API key expired.
     """
 
     async def connect(self):
@@ -90,6 +100,9 @@ class LiveValuesConsumer(AsyncWebsocketConsumer):
             await self._reject(CLOSE_BAD_REQUEST, "snapshot=1 needs format=json.")
             return
         self.user_id = user.pk
+        credential = self.scope["credential"]
+        self.credential_groups = list(credential.groups)
+        self.expires_at = credential.expires_at.timestamp() if credential.expires_at else None
         self.seq = 0
         self.outbox = asyncio.Queue(maxsize=OUTBOX_LIMIT)
         self.pending_values = {}
@@ -98,26 +111,78 @@ class LiveValuesConsumer(AsyncWebsocketConsumer):
         self.closing = False
         self.in_flight = None
         self.groups_joined = sorted({unit_group(self.schema, sensor["unit_id"]) for sensor in self.sensors.values()})
+        # Security alarms have no unit, so they reach only the sockets of users who may see them.
+        self.sees_security_alarms = AlarmSource.SECURITY in visible_sources(user)
+        if self.sees_security_alarms:
+            self.groups_joined.append(security_group(self.schema))
+        for group in self.credential_groups:
+            await self.channel_layer.group_add(group, self.channel_name)
+        # A credential change that committed between authentication and joining sent its close to no one.
+        if not await self._credential_unchanged(user):
+            await self._leave_groups()
+            await self.close(code=CLOSE_CREDENTIAL_ENDED)
+            return
         # Join before reading the snapshot, so that no change between the two is lost.
         for group in self.groups_joined:
             await self.channel_layer.group_add(group, self.channel_name)
         await self.accept()
         self.writer = asyncio.create_task(self._write_outbox())
         if snapshot:
-            alarms = await self._load_open_alarms({sensor["unit_id"] for sensor in self.sensors.values()})
+            alarms = await self._load_open_alarms(
+                {sensor["unit_id"] for sensor in self.sensors.values()}, self.sees_security_alarms
+            )
             self._enqueue_json({"type": "alarms", "alarms": alarms})
         logger.info(
             "Live socket opened on schema %s by user %s for %d units", self.schema, user.pk, len(self.groups_joined)
         )
 
     async def disconnect(self, code):
-        for group in getattr(self, "groups_joined", []):
-            await self.channel_layer.group_discard(group, self.channel_name)
+        await self._leave_groups()
         if getattr(self, "flush_handle", None) is not None:
             self.flush_handle.cancel()
         writer = getattr(self, "writer", None)
         if writer is not None and writer is not asyncio.current_task():
             writer.cancel()
+
+    async def _leave_groups(self):
+        for group in [*getattr(self, "groups_joined", []), *getattr(self, "credential_groups", [])]:
+            await self.channel_layer.group_discard(group, self.channel_name)
+
+    @database_sync_to_async
+    def _credential_unchanged(self, user):
+        with schema_context(self.schema):
+            current = type(user)._default_manager.filter(pk=user.pk).values(*CREDENTIAL_FIELDS).first()
+        return current is not None and all(current[name] == getattr(user, name) for name in CREDENTIAL_FIELDS)
+
+    async def socket_close(self, event):
+        """End the socket because its credential ended or its tenant was suspended (apps.accounts.sockets)."""
+        logger.info("Live socket of user %s on schema %s closed with %s: %s",
+                    self.user_id, self.schema, event["code"], event["reason"])
+        await self._end(event["code"], event["reason"])
+
+    def _credential_expired(self):
+        return self.expires_at is not None and time.time() >= self.expires_at
+
+    async def _end_expired(self):
+        logger.info("Live socket of user %s on schema %s closed: its token or API key expired",
+                    self.user_id, self.schema)
+        await self._end(CLOSE_CREDENTIAL_ENDED, "Token or API key expired; reconnect with a new one.")
+
+    async def _end(self, code, reason):
+        """Stop sending, leave all groups and close with ``code``, without waiting on a stalled client for long."""
+        if self.closing:
+            return
+        self.closing = True
+        self.pending_values.clear()
+        if self.flush_handle is not None:
+            self.flush_handle.cancel()
+            self.flush_handle = None
+        await self._leave_groups()
+        self.writer.cancel()
+        try:
+            await asyncio.wait_for(self.close(code=code, reason=reason[:120]), timeout=CLOSE_TIMEOUT_SECONDS)
+        except TimeoutError:
+            raise StopConsumer() from None
 
     async def _write_outbox(self):
         """Send the queued messages in order; a client that does not read makes this wait."""
@@ -199,18 +264,24 @@ class LiveValuesConsumer(AsyncWebsocketConsumer):
             return found, unknown
 
     @database_sync_to_async
-    def _load_open_alarms(self, unit_ids):
+    def _load_open_alarms(self, unit_ids, with_security):
         from apps.alarms.models import Alarm
         from apps.alarms.push import alarm_payload
 
         with schema_context(self.schema):
-            alarms = Alarm.objects.open().filter(unit_id__in=unit_ids).select_related("rule", "acknowledged_by")
+            scope = Q(unit_id__in=unit_ids)
+            if with_security:
+                scope |= Q(source=AlarmSource.SECURITY)
+            alarms = Alarm.objects.open().filter(scope).select_related("rule", "acknowledged_by")
             return [alarm_payload(alarm) for alarm in alarms.order_by("pk")]
 
     async def readings_update(self, event):
         """Merge the readings into the pending newest value per sensor and schedule a flush."""
         if self.closing:
             await count_dropped_messages(self.schema, 1)
+            return
+        if self._credential_expired():
+            await self._end_expired()
             return
         for reading in event["readings"]:
             if reading["sensor"] not in self.sensors:
@@ -269,6 +340,9 @@ class LiveValuesConsumer(AsyncWebsocketConsumer):
         if self.closing:
             # Sent to this channel before it left its groups.
             await count_dropped_messages(self.schema, 1)
+            return
+        if self._credential_expired():
+            await self._end_expired()
             return
         if self.format == "json":
             queued = self._enqueue_json({"type": "alarm", "alarm": event["alarm"]})

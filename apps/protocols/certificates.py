@@ -28,7 +28,7 @@ from apps.audit import services as audit
 from apps.audit.choices import AuditAction
 from apps.audit.services import snapshot
 
-from .models import Certificate
+from .models import Certificate, CertificateRevocationList
 
 logger = logging.getLogger(__name__)
 
@@ -227,6 +227,70 @@ def import_certificate(name, certificate_pem, private_key_pem="", *, actor):
         ),
         actor=actor,
     )
+
+
+def load_crl(data):
+    """Parse a CRL in PEM or DER form, or raise ValidationError naming the problem when it is not one."""
+    raw = data.encode() if isinstance(data, str) else bytes(data)
+    try:
+        if raw.lstrip().startswith(b"-----BEGIN"):
+            return x509.load_pem_x509_crl(raw)
+        return x509.load_der_x509_crl(raw)
+    except ValueError as exc:
+        raise ValidationError(
+            {"crl": f"Not a certificate revocation list in PEM or DER form ({exc}); upload the CRL file of the CA."}
+        ) from exc
+
+
+def find_crl_issuer(crl):
+    """Return the stored Certificate whose subject is the CRL's issuer and whose key verifies its signature."""
+    issuer = crl.issuer.rfc4514_string()
+    candidates = Certificate.objects.filter(subject=issuer)
+    for candidate in candidates:
+        public_key = load_certificate_pem(candidate.certificate_pem).public_key()
+        if crl.is_signature_valid(public_key):
+            return candidate
+    if candidates:
+        raise ValidationError({"crl": (
+            f"The CRL of {issuer!r} is not signed by the stored certificate of that name; "
+            "upload the CRL that this CA published, or import the CA certificate that signed it."
+        )})
+    raise ValidationError({"crl": (
+        f"No stored certificate is the CRL's issuer {issuer!r}; import that CA certificate under "
+        "Certificates first, then upload the CRL again."
+    )})
+
+
+def import_crl(name, data, *, actor):
+    """Store a CRL after checking its signature against the issuing certificate in the store, and return it."""
+    crl = load_crl(data)
+    issuer_certificate = find_crl_issuer(crl)
+    pem = crl.public_bytes(serialization.Encoding.PEM).decode()
+    revocation_list = CertificateRevocationList(
+        name=name,
+        issuer_certificate=issuer_certificate,
+        crl_pem=pem,
+        issuer=crl.issuer.rfc4514_string(),
+        this_update=crl.last_update_utc,
+        next_update=crl.next_update_utc,
+        revoked_count=len(crl),
+        fingerprint_sha256=crl.fingerprint(hashes.SHA256()).hex(),
+    )
+    revocation_list.full_clean(exclude=["issuer_certificate"])
+    with transaction.atomic():
+        revocation_list.save()
+        audit.record(AuditAction.OBJECT_CREATED, actor=actor, obj=revocation_list, after=snapshot(revocation_list))
+    logger.info(
+        "Schema %s: stored CRL %s of %s with %d revoked certificates, next update %s",
+        connection.schema_name, revocation_list.pk, revocation_list.issuer, revocation_list.revoked_count,
+        revocation_list.next_update,
+    )
+    if revocation_list.next_update is not None and revocation_list.next_update <= timezone.now():
+        logger.warning(
+            "Schema %s: CRL %s of %s was due for renewal on %s; upload the issuer's current CRL",
+            connection.schema_name, revocation_list.pk, revocation_list.issuer, revocation_list.next_update.isoformat(),
+        )
+    return revocation_list
 
 
 def warn_expiring_certificates(now=None):

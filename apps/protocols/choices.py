@@ -68,3 +68,16 @@ class OpcUaSecurityPolicy(models.TextChoices):
     BASIC256SHA256 = "Basic256Sha256", "Basic256Sha256"
     AES128_SHA256_RSAOAEP = "Aes128Sha256RsaOaep", "Aes128_Sha256_RsaOaep"
     AES256_SHA256_RSAPSS = "Aes256Sha256RsaPss", "Aes256_Sha256_RsaPss"
+
+
+class Dnp3Control(models.TextChoices):
+    """Control relay output block (CROB, group 12 var 1) that a setpoint on a DNP3 binary output sends."""
+
+    LATCH = "latch", "Latch: 1 latches on, 0 latches off"
+    PULSE = "pulse", "Pulse on: 1 pulses on for the on time, then off for the off time"
+    TRIP_CLOSE = "trip_close", "Trip/close: 1 closes, 0 trips, as a pulse of the on time"
+
+
+class Dnp3OperateMode(models.TextChoices):
+    SELECT_BEFORE_OPERATE = "select_before_operate", "Select before operate"
+    DIRECT_OPERATE = "direct_operate", "Direct operate"

@@ -71,7 +71,9 @@ class InvalidBrowseRequest(ValueError):
 
 def _driver_for(device):
     # Drivers run on an event loop, where the certificates could not be loaded lazily.
-    prefetch_related_objects([device], "client_certificate", "trusted_certificates")
+    prefetch_related_objects(
+        [device], "client_certificate", "trusted_certificates", "trusted_certificates__revocation_lists"
+    )
     driver_class = get_driver(device.protocol)
     if issubclass(driver_class, SubscriptionDriver):
         return driver_class(device, schema=connection.schema_name)
@@ -214,6 +216,8 @@ def discover_mqtt_topics(device, topic_filter="#", seconds=3.0):
         raise InvalidBrowseRequest(str(exc)) from exc
     if not 0 < seconds <= MAX_DISCOVERY_SECONDS:
         raise InvalidBrowseRequest(f"Listening time {seconds} s is invalid; give more than 0 and at most {MAX_DISCOVERY_SECONDS} s.")
+    # The driver runs on an event loop, where the TLS certificates could not be loaded lazily.
+    prefetch_related_objects([device], "client_certificate", "trusted_certificates")
     discovery = TopicDiscovery(device, topic_filter, schema=connection.schema_name)
     try:
         return asyncio.run(discovery.listen(seconds))

@@ -28,6 +28,7 @@ from django_tenants.utils import get_public_schema_name, get_tenant_model, schem
 
 from apps.sensors.quality import Quality
 from apps.sensors.samples import Sample
+from apps.tenants.choices import TenantStatus
 
 from .choices import DeviceStatus
 from .drivers.base import DeviceUnreachable, get_driver
@@ -39,7 +40,7 @@ logger = logging.getLogger(__name__)
 # Fields whose change restarts a connection when the gateway reloads the configuration.
 DEVICE_CONNECTION_FIELDS = (
     "protocol", "host", "port", "timeout", "endpoint_path", "username", "password", "client_id", "qos",
-    "tls_ca_file", "tls_cert_file", "tls_key_file", "dnp3_master_address", "dnp3_outstation_address",
+    "tls_ca_file", "tls_cert_file", "tls_key_file", "tls_verify_hostname", "dnp3_master_address", "dnp3_outstation_address",
     "integrity_interval", "event_poll_interval", "time_sync", "opcua_security_mode", "opcua_security_policy",
     "client_certificate_id",
 )
@@ -69,9 +70,13 @@ class ConnectionSpec:
 
 
 def load_specs():
-    """Return a ConnectionSpec per enabled subscription device of every tenant, keyed by (schema, device id)."""
+    """Return a ConnectionSpec per enabled subscription device of every active tenant, keyed by (schema, device id).
+
+    Suspended tenants and tenants still being provisioned get no connections.
+    """
     schemas = (
-        get_tenant_model().objects.exclude(schema_name=get_public_schema_name()).values_list("schema_name", flat=True)
+        get_tenant_model().objects.active().exclude(schema_name=get_public_schema_name())
+        .values_list("schema_name", flat=True)
     )
     specs = {}
     for schema in schemas:
@@ -182,6 +187,7 @@ class Gateway:
         self.min_backoff = min_backoff
         self.max_backoff = max_backoff if max_backoff is not None else settings.PROTOCOLS_MAX_BACKOFF_SECONDS
         self.connections = {}
+        self.suspended = set()
         self._pending = defaultdict(list)
         self._loop = None
         self._stop = None
@@ -235,12 +241,28 @@ class Gateway:
             logger.exception("%s failed; trying again at the next interval", description)
 
     async def reload(self):
-        """Start new connections, stop removed ones and restart those whose configuration changed."""
+        """Start new connections, stop removed ones and restart those whose configuration changed.
+
+        The connections of a tenant that was suspended stop here, and start again at the first reload after it resumed.
+        """
         specs = await db(load_specs)()
+        suspended = await db(suspended_schemas)()
+        for schema in sorted(suspended - self.suspended):
+            count = sum(1 for key in self.connections if key[0] == schema)
+            logger.info("Schema %s: tenant suspended, stopping its %d connections", schema, count)
+        for schema in sorted(self.suspended - suspended):
+            count = sum(1 for key in specs if key[0] == schema)
+            logger.info("Schema %s: tenant resumed, starting its %d connections", schema, count)
+        self.suspended = suspended
         for key, connection in list(self.connections.items()):
             spec = specs.get(key)
             if spec is None or spec.fingerprint != connection.spec.fingerprint:
-                reason = "removed or disabled" if spec is None else "configuration changed"
+                if key[0] in suspended:
+                    reason = "tenant suspended"
+                elif spec is None:
+                    reason = "removed or disabled"
+                else:
+                    reason = "configuration changed"
                 logger.info("Schema %s device %s: %s, stopping its connection", key[0], key[1], reason)
                 await connection.stop()
                 del self.connections[key]
@@ -284,6 +306,10 @@ class Gateway:
                 malformed.append((schema, device_id, count - connection.reported_malformed))
                 connection.reported_malformed = count
         await db(_store_heartbeat)(dict(online), malformed)
+
+
+def suspended_schemas():
+    return set(get_tenant_model().objects.filter(status=TenantStatus.SUSPENDED).values_list("schema_name", flat=True))
 
 
 def _store_heartbeat(online, malformed):

@@ -1,14 +1,17 @@
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
-from django.db import models
+from django.db import models, transaction
 from django.utils import timezone
 
 from apps.sensors.models import Sensor
+from apps.tenants.quotas import QuotaCheckedQuerySet
 
 from .choices import (
     ByteOrder,
     DataType,
     DeviceStatus,
+    Dnp3Control,
+    Dnp3OperateMode,
     Dnp3PointType,
     MqttQos,
     OpcUaSecurityMode,
@@ -26,6 +29,8 @@ from .validators import validate_host
 SUBSCRIPTION_PROTOCOLS = (Protocol.MQTT, Protocol.OPCUA, Protocol.DNP3)
 
 BIT_REGISTER_TYPES = {RegisterType.COIL, RegisterType.DISCRETE}
+# Data types of analog output blocks (group 41), as the setpoints of DNP3 analog output status points.
+DNP3_ANALOG_OUTPUT_TYPES = {DataType.INT32, DataType.INT16, DataType.FLOAT32}
 
 
 # Fields whose change makes a device worth polling again at once.
@@ -86,16 +91,87 @@ class Certificate(models.Model):
         return decrypt_private_key(self.private_key_encrypted)
 
 
-class DeviceQuerySet(models.QuerySet):
+class CertificateRevocationList(models.Model):
+    """A certificate revocation list (CRL) issued by a certificate of the store, usually a CA certificate.
+
+    An OPC UA connection rejects a server certificate that a CRL of one of the device's trusted
+    certificates lists. Store one with ``certificates.import_crl``, which checks its signature.
+    """
+
+    name = models.CharField(max_length=200, unique=True)
+    issuer_certificate = models.ForeignKey(
+        Certificate, on_delete=models.CASCADE, related_name="revocation_lists", editable=False,
+        help_text="The stored certificate whose key signed this CRL.",
+    )
+    crl_pem = models.TextField(editable=False, help_text="The CRL in PEM form.")
+    issuer = models.CharField(max_length=500, editable=False)
+    this_update = models.DateTimeField(editable=False)
+    next_update = models.DateTimeField(
+        null=True, blank=True, editable=False, help_text="When the issuer publishes the next CRL; empty if not stated."
+    )
+    revoked_count = models.PositiveIntegerField(default=0, editable=False)
+    fingerprint_sha256 = models.CharField(max_length=64, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "certificate revocation list"
+        constraints = [
+            models.UniqueConstraint(fields=["fingerprint_sha256"], name="protocols_crl_unique_fingerprint"),
+        ]
+
+    def __str__(self):
+        return f"{self.name} ({self.revoked_count} revoked)"
+
+
+class PollGroup(models.Model):
+    """Modbus devices polled together on one interval that the tenant's admins set.
+
+    Each group has a django-celery-beat periodic task in the tenant schema, kept in step by
+    ``save`` (see apps.protocols.schedules), so beat picks up a changed interval without a
+    restart. Devices in a group are polled only when its task runs, not on their own interval.
+    """
+
+    name = models.CharField(max_length=200, unique=True)
+    interval = models.PositiveIntegerField(
+        default=5,
+        validators=[MinValueValidator(1), MaxValueValidator(86400)],
+        help_text="Seconds between polls of the group's devices, from 1 to 86400.",
+    )
+    enabled = models.BooleanField(default=True, help_text="Clear to stop polling the group's devices.")
+    periodic_task = models.OneToOneField(
+        "django_celery_beat.PeriodicTask", on_delete=models.SET_NULL, null=True, blank=True, editable=False,
+        related_name="+", help_text="The beat entry that sends the group's poll task.",
+    )
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return f"{self.name} (every {self.interval} s)"
+
+    def save(self, *args, **kwargs):
+        from .schedules import sync_periodic_task
+
+        with transaction.atomic():
+            super().save(*args, **kwargs)
+            sync_periodic_task(self)
+
+
+# bulk_create() checks the max_devices quota, which save() checks through pre_save.
+class DeviceQuerySet(QuotaCheckedQuerySet):
     def with_certificates(self):
         """Load the certificates that an OPC UA driver needs, so it never queries the database itself."""
-        return self.select_related("client_certificate").prefetch_related("trusted_certificates")
+        return self.select_related("client_certificate").prefetch_related(
+            "trusted_certificates", "trusted_certificates__revocation_lists"
+        )
 
     def enabled(self):
         return self.filter(enabled=True)
 
     def due(self, now=None):
-        return self.enabled().filter(next_poll_at__lte=now or timezone.now()).exclude(
+        """Return the enabled polled devices whose poll is due; devices of a poll group wait for its task."""
+        return self.enabled().filter(next_poll_at__lte=now or timezone.now(), poll_group__isnull=True).exclude(
             protocol__in=SUBSCRIPTION_PROTOCOLS
         )
 
@@ -128,7 +204,11 @@ class Device(models.Model):
         default=5.0,
         # Celery beat looks for due devices once per second, so shorter intervals would not be kept.
         validators=[MinValueValidator(1.0), MaxValueValidator(86400)],
-        help_text="Seconds between polls, at least 1.",
+        help_text="Seconds between polls, at least 1; in a poll group only the base of the back-off after failures.",
+    )
+    poll_group = models.ForeignKey(
+        PollGroup, on_delete=models.SET_NULL, null=True, blank=True, related_name="devices",
+        help_text="Modbus: poll on this group's interval instead of the device's own; empty for its own.",
     )
     timeout = models.FloatField(
         default=3.0,
@@ -164,6 +244,11 @@ class Device(models.Model):
     tls_key_file = models.CharField(
         max_length=500, blank=True, help_text="Path of the client certificate's private key file (PEM)."
     )
+    tls_verify_hostname = models.BooleanField(
+        default=True,
+        help_text="MQTT over TLS: check that the broker's certificate names the host; turn off only for brokers "
+        "reached by an address their certificate does not list.",
+    )
 
     opcua_security_mode = models.CharField(
         max_length=16, choices=OpcUaSecurityMode.choices, default=OpcUaSecurityMode.NONE,
@@ -176,11 +261,13 @@ class Device(models.Model):
     client_certificate = models.ForeignKey(
         Certificate, on_delete=models.PROTECT, null=True, blank=True, related_name="client_devices",
         limit_choices_to={"private_key_encrypted__gt": ""},
-        help_text="OPC UA: ThermaCore's certificate and private key for this connection.",
+        help_text="ThermaCore's certificate and private key for this connection: OPC UA security, MQTT TLS "
+        "client authentication, and for DNP3 it turns TLS on.",
     )
     trusted_certificates = models.ManyToManyField(
         Certificate, blank=True, related_name="trusting_devices",
-        help_text="OPC UA: server certificates, or CA certificates of them, that this device's server may present.",
+        help_text="Server certificates, or CA certificates of them, that this device's OPC UA server, MQTT broker "
+        "or DNP3 outstation may present; for MQTT any of them turns TLS on.",
     )
 
     dnp3_master_address = models.PositiveIntegerField(
@@ -247,6 +334,10 @@ class Device(models.Model):
         if self.password and not self.username:
             errors["username"] = "A password needs a user name; set the user name or clear the password."
         self._clean_opcua_security(errors)
+        if self.poll_group_id is not None and self.protocol in SUBSCRIPTION_PROTOCOLS:
+            errors["poll_group"] = (
+                f"A poll group only applies to polled (Modbus TCP) devices, not {self.protocol}; clear it."
+            )
         if errors:
             raise ValidationError(errors)
 
@@ -338,6 +429,22 @@ class Point(models.Model):
     )
     dnp3_index = models.PositiveIntegerField(
         null=True, blank=True, validators=[MaxValueValidator(65535)], help_text="DNP3 point index within its type."
+    )
+    dnp3_control = models.CharField(
+        max_length=16, choices=Dnp3Control.choices, default=Dnp3Control.LATCH,
+        help_text="DNP3 binary output status points: the control relay output block a setpoint sends.",
+    )
+    dnp3_on_time_ms = models.PositiveIntegerField(
+        default=1000, validators=[MaxValueValidator(2**32 - 1)],
+        help_text="DNP3 pulse and trip/close controls: milliseconds the output is on.",
+    )
+    dnp3_off_time_ms = models.PositiveIntegerField(
+        default=0, validators=[MaxValueValidator(2**32 - 1)],
+        help_text="DNP3 pulse controls: milliseconds the output is off after the pulse.",
+    )
+    dnp3_operate_mode = models.CharField(
+        max_length=24, choices=Dnp3OperateMode.choices, default=Dnp3OperateMode.SELECT_BEFORE_OPERATE,
+        help_text="DNP3 setpoints: select before operate (two requests, the outstation checks both) or direct operate.",
     )
     enabled = models.BooleanField(default=True)
     last_error = models.TextField(
@@ -442,6 +549,11 @@ class Point(models.Model):
                 errors[field] = f"The {field.replace('_', ' ')} only applies to MQTT points; clear it for DNP3."
         if self.address is not None:
             errors["address"] = "A register address only applies to Modbus points; clear it for DNP3."
+        if self.dnp3_type == Dnp3PointType.ANALOG_OUTPUT_STATUS and self.data_type not in DNP3_ANALOG_OUTPUT_TYPES:
+            errors["data_type"] = (
+                f"Data type {self.data_type!r} has no DNP3 analog output block; use int32 (group 41 var 1), "
+                "int16 (var 2) or float32 (var 3)."
+            )
 
     def _clean_modbus(self, errors):
         for field in ("topic", "json_path", "timestamp_path"):

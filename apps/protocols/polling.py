@@ -1,7 +1,8 @@
 """Polling of due devices in the current tenant schema.
 
-One call polls every device that is due, concurrently on an asyncio event
-loop in a thread of its own, and stores each device's samples as soon as its
+One call polls every device that is due, concurrently on the worker process's
+long-lived poll loop (apps.protocols.modbus.pool), where Modbus TCP connections
+stay open from one poll to the next. It stores each device's samples as soon as its
 poll ends, so a slow device never holds back the others. Each poll has a
 time budget. A device that does not respond within it is marked offline and
 polled again after an exponential back-off. Nothing a device does can raise
@@ -11,7 +12,6 @@ out of ``poll_due_devices``.
 import asyncio
 import logging
 import queue
-import threading
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -25,8 +25,9 @@ from django.utils import timezone
 from apps.sensors.quality import Quality
 from apps.sensors.samples import Sample
 
-from .choices import DeviceStatus
+from .choices import DeviceStatus, Protocol
 from .drivers.base import DeviceUnreachable, get_driver
+from .modbus.pool import ConnectFailed, run_on_poll_loop
 from .models import Device, Point
 from .sinks import deliver_samples
 
@@ -63,8 +64,11 @@ class PollSummary:
     samples: int = 0
 
 
-def claim_due_devices(now=None):
+def claim_due_devices(now=None, candidates=None):
     """Lock the due devices, lease them for the length of a poll and return them.
+
+    ``candidates`` is a Device queryset to claim from instead of ``Device.objects.due``,
+    such as the due devices of a poll group (apps.protocols.schedules).
 
     The lease moves ``next_poll_at`` past the end of the poll's time budget,
     so no other worker claims a device while it is still being polled. The
@@ -74,9 +78,8 @@ def claim_due_devices(now=None):
     now = now or timezone.now()
     second = Value(timedelta(seconds=1))
     with transaction.atomic():
-        due_ids = list(
-            Device.objects.due(now).select_for_update(skip_locked=True).values_list("id", flat=True)
-        )
+        candidates = Device.objects.due(now) if candidates is None else candidates
+        due_ids = list(candidates.select_for_update(skip_locked=True).values_list("id", flat=True))
         if not due_ids:
             return []
         Device.objects.filter(id__in=due_ids).update(
@@ -96,20 +99,18 @@ def claim_due_devices(now=None):
     return devices
 
 
-def poll_due_devices(now=None):
+def poll_due_devices(now=None, candidates=None):
     """Poll the due devices of the current schema, store their samples and update their status."""
     schema = connection.schema_name
     claimed_at = now or timezone.now()
-    devices = claim_due_devices(claimed_at)
+    devices = claim_due_devices(claimed_at, candidates)
     summary = PollSummary()
     if not devices:
         return summary
 
     outcomes = queue.SimpleQueue()
-    poller = threading.Thread(
-        target=_run_polls, args=(devices, outcomes), name=f"poll-{schema}", daemon=True
-    )
-    poller.start()
+    polls = run_on_poll_loop(_poll_all, schema, devices, outcomes.put)
+    polls.add_done_callback(lambda future: _end_of_polls(future, len(devices), outcomes))
     finished = False
     while not finished:
         # Store whatever has arrived in one ingest call, then wait for more.
@@ -121,18 +122,14 @@ def poll_due_devices(now=None):
                 break
         finished = ready[-1] is None
         _store_outcomes(schema, [outcome for outcome in ready if outcome is not None], claimed_at, summary)
-    poller.join()
     return summary
 
 
-def _run_polls(devices, outcomes):
-    try:
-        asyncio.run(_poll_all(devices, outcomes.put))
-    except Exception:
-        logger.exception("Poll loop failed for %d devices", len(devices))
-    finally:
-        # None marks the end, so the storing side stops waiting for outcomes.
-        outcomes.put(None)
+def _end_of_polls(future, device_count, outcomes):
+    if not future.cancelled() and future.exception() is not None:
+        logger.error("Poll loop failed for %d devices", device_count, exc_info=future.exception())
+    # None marks the end, so the storing side stops waiting for outcomes.
+    outcomes.put(None)
 
 
 def _store_outcomes(schema, outcomes, claimed_at, summary):
@@ -152,27 +149,33 @@ def _store_outcomes(schema, outcomes, claimed_at, summary):
             _record_point_errors(outcome)
 
 
-async def _poll_all(devices, report):
+async def _poll_all(pool, schema, devices, report):
     limit = asyncio.Semaphore(MAX_CONCURRENT_POLLS)
 
     async def poll_with_limit(device):
         async with limit:
-            report(await poll_device(device))
+            report(await poll_device(device, pool=pool, schema=schema))
 
     await asyncio.gather(*(poll_with_limit(device) for device in devices))
 
 
-async def poll_device(device):
-    """Read all enabled points of ``device``; errors end up in the outcome, never raised."""
+async def poll_device(device, *, pool=None, schema=""):
+    """Read all enabled points of ``device``; errors end up in the outcome, never raised.
+
+    With a ``pool``, a Modbus TCP device is read over its pooled connection; without, over
+    a connection of this poll alone.
+    """
     outcome = PollOutcome(device)
     started = time.perf_counter()
     budget = poll_budget(device)
     try:
-        driver = get_driver(device.protocol)(device)
         async with asyncio.timeout(budget):
-            async with driver:
-                outcome.samples = await driver.read(device.enabled_points)
-                outcome.point_errors = driver.point_errors
+            if pool is not None and device.protocol == Protocol.MODBUS_TCP:
+                await _read_pooled(pool, schema, device, outcome)
+            else:
+                async with get_driver(device.protocol)(device) as driver:
+                    outcome.samples = await driver.read(device.enabled_points)
+                    outcome.point_errors = driver.point_errors
     except TimeoutError:
         outcome.error = f"Poll of {device.host}:{device.port} did not finish within {budget:g} s."
         outcome.unreachable = True
@@ -185,6 +188,30 @@ async def poll_device(device):
         outcome.error = f"{type(exc).__name__}: {exc}"
     outcome.duration_ms = (time.perf_counter() - started) * 1000
     return outcome
+
+
+async def _read_pooled(pool, schema, device, outcome):
+    """Read ``device`` over its pooled connection, reconnecting once when a reused connection went stale."""
+    for attempt in (1, 2):
+        try:
+            async with pool.lease(schema, device) as connection:
+                reused = connection.reused
+                driver = get_driver(device.protocol)(device, client=connection.client)
+                try:
+                    outcome.samples = await driver.read(device.enabled_points)
+                except DeviceUnreachable as exc:
+                    # A device that restarted or dropped an idle connection fails the first request.
+                    if not reused or attempt == 2:
+                        raise
+                    logger.info(
+                        "Schema %s device %s: pooled connection failed (%s); reconnecting once", schema, device.pk, exc
+                    )
+                    pool.discard(schema, device, str(exc))
+                    continue
+                outcome.point_errors = driver.point_errors
+                return
+        except ConnectFailed as exc:
+            raise DeviceUnreachable(str(exc)) from exc
 
 
 def _record_status(outcome, claimed_at):

@@ -161,10 +161,7 @@ def apply_profile(profile, *, device, unit, actor):
     a profile again updates instead of duplicating. Raises ProfileError when the device's
     protocol differs from the profile's.
     """
-    if device.protocol != profile.protocol:
-        raise ProfileError([ProfileIssue(1, "protocol", (
-            f"profile {profile.name!r} is for {profile.protocol}, but device {device.pk} uses {device.protocol}; "
-            "pick a device of that protocol"))])
+    _check_protocol(profile, device)
     result = ApplyResult()
     for entry in profile.points:
         sensor_values = {SENSOR_FIELDS[name]: value for name, value in entry["sensor"].items() if name != "key"}
@@ -291,3 +288,48 @@ class _LineIndex:
                 break
             node = child
         return line
+
+
+@dataclass(frozen=True)
+class PreviewRow:
+    """One point of a profile as applying it to a device and unit would store it."""
+
+    key: str
+    name: str
+    quantity: str
+    unit: str
+    address: str
+    sensor_action: str
+    point_action: str
+
+
+def preview_profile(profile, *, device, unit):
+    """Return a PreviewRow per point of ``profile``, saying whether its sensor and point would be created or updated.
+
+    Raises ProfileError when the device's protocol differs from the profile's, as apply_profile does.
+    """
+    _check_protocol(profile, device)
+    sensors = {sensor.key: sensor for sensor in Sensor.objects.filter(unit=unit)}
+    sensors_with_point = set(Point.objects.filter(device=device, sensor__unit=unit).values_list("sensor__key", flat=True))
+    rows = []
+    for entry in profile.points:
+        key = entry["sensor"]["key"]
+        address = ", ".join(f"{name} {value}" for name, value in entry["point"].items()
+                            if name in PROTOCOL_POINT_FIELDS[profile.protocol])
+        rows.append(PreviewRow(
+            key=key,
+            name=entry["sensor"]["name"],
+            quantity=entry["sensor"]["quantity"],
+            unit=entry["sensor"].get("unit") or "",
+            address=address,
+            sensor_action="update" if key in sensors else "create",
+            point_action="update" if key in sensors_with_point else "create",
+        ))
+    return rows
+
+
+def _check_protocol(profile, device):
+    if device.protocol != profile.protocol:
+        raise ProfileError([ProfileIssue(1, "protocol", (
+            f"profile {profile.name!r} is for {profile.protocol}, but device {device.pk} uses {device.protocol}; "
+            "pick a device of that protocol"))])

@@ -5,6 +5,7 @@ from django.db import connection
 
 from .certificates import warn_expiring_certificates
 from .polling import poll_due_devices
+from .schedules import poll_group
 
 logger = logging.getLogger(__name__)
 
@@ -25,3 +26,10 @@ def poll_due_devices_task():
 def warn_expiring_certificates_task():
     """Log a warning for each certificate of the tenant schema that expires within 30 days."""
     return [certificate.pk for certificate in warn_expiring_certificates()]
+
+
+@shared_task(name="protocols.poll_group", soft_time_limit=30, time_limit=45)
+def poll_group_task(poll_group_id):
+    """Poll the due devices of one poll group; its beat entry sends this task (apps.protocols.schedules)."""
+    summary = poll_group(poll_group_id)
+    return {"polled": summary.polled, "failed": summary.failed, "samples": summary.samples}

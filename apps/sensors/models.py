@@ -2,6 +2,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
+from apps.tenants.quotas import QuotaCheckedQuerySet
 from apps.units.models import Unit
 
 from .choices import Quantity
@@ -18,6 +19,9 @@ class Sensor(models.Model):
     minimum = models.FloatField(null=True, blank=True, help_text="Lowest physically possible value.")
     maximum = models.FloatField(null=True, blank=True, help_text="Highest physically possible value.")
     decimals = models.PositiveSmallIntegerField(default=1, validators=[MinValueValidator(0), MaxValueValidator(9)])
+
+    # bulk_create() checks the max_sensors quota, which save() checks through pre_save.
+    objects = QuotaCheckedQuerySet.as_manager()
 
     class Meta:
         ordering = ["unit", "name"]

@@ -25,6 +25,7 @@ from apps.sensors.samples import Sample
 
 from . import latest, spool, subscribers
 from .partitions import ensure_partitions, forget_known_partitions
+from .retention import retention_cutoff
 
 logger = logging.getLogger(__name__)
 
@@ -68,8 +69,9 @@ def ingest(schema, samples, *, spool_on_failure=True):
     """Validate and store ``samples`` in the readings of tenant ``schema``.
 
     A sample is rejected (and reported with its reason) when its sensor does
-    not exist, its time is not a datetime, or it lies further ahead than
-    TELEMETRY_MAX_FUTURE_SECONDS. Non-finite values and values outside the
+    not exist, its time is not a datetime, it lies further ahead than
+    TELEMETRY_MAX_FUTURE_SECONDS, or it is older than the tenant's
+    ``retention_days``. Non-finite values and values outside the
     sensor's physical range are stored with bad quality and no value. A
     sample whose sensor and time are already stored counts as a duplicate
     and adds no row.
@@ -144,7 +146,10 @@ def _validate(samples, result):
         )
     }
     max_future = settings.TELEMETRY_MAX_FUTURE_SECONDS
-    latest_allowed = datetime.now(timezone.utc) + timedelta(seconds=max_future)
+    now = datetime.now(timezone.utc)
+    latest_allowed = now + timedelta(seconds=max_future)
+    # Storing an older reading would create a partition that the next retention run drops.
+    earliest_allowed = retention_cutoff(connection.schema_name, now)
     utc = timezone.utc
     rejected = result.rejected
     seen = set()
@@ -171,6 +176,16 @@ def _validate(samples, result):
                     sensor_id,
                     f"Time {when.isoformat()} is more than {max_future} s "
                     "ahead of the server clock; check the device clock.",
+                )
+            )
+            continue
+        if earliest_allowed is not None and when < earliest_allowed:
+            rejected.append(
+                Rejection(
+                    index,
+                    sensor_id,
+                    f"Time {when.isoformat()} is older than the tenant's retention cut-off "
+                    f"{earliest_allowed.isoformat()}, so it would be deleted; send only readings after the cut-off.",
                 )
             )
             continue

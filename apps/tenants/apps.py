@@ -6,6 +6,6 @@ class TenantsConfig(AppConfig):
     verbose_name = "Tenants"
 
     def ready(self):
-        from . import quotas
+        from . import backup_tasks, quotas  # noqa: F401 (backup_tasks registers its Celery task)
 
         quotas.connect_receivers()

@@ -1,3 +1,5 @@
+import uuid
+
 from django.contrib.postgres.fields import ArrayField
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
@@ -6,7 +8,7 @@ from django_tenants.models import DomainMixin, TenantMixin
 
 from apps.accounts.choices import Role
 
-from .choices import TenantStatus
+from .choices import PROVISIONING_PROGRESS, ProvisioningStatus, ProvisioningStep, TenantStatus
 from .validators import (
     schema_name_validator,
     validate_domain_name,
@@ -62,7 +64,7 @@ class Tenant(TenantMixin):
         validators=[validate_throttle_rate],
         help_text="API requests each user or API key may make, e.g. '600/min', '20/s' or '10000/day'.",
     )
-    # TODO: nothing deletes readings older than retention_days yet; telemetry needs a task that drops old partitions.
+    # The daily task telemetry.apply_retention drops the reading partitions older than this.
     retention_days = models.PositiveIntegerField(
         null=True, blank=True, validators=[MinValueValidator(1)],
         help_text="Days readings are kept; empty to keep them for ever.",
@@ -140,3 +142,61 @@ class Domain(DomainMixin):
             validate_domain_name(self.domain)
         except ValidationError as exc:
             raise ValidationError({"domain": exc.messages}) from None
+
+
+class ProvisioningJob(models.Model):
+    """A request of a platform user to provision a tenant, carried out by the Celery task ``tenants.provision``.
+
+    The platform API returns it with 202 and the client polls it until
+    ``status`` is succeeded or failed. It stores the first admin's password
+    only as a Django password hash.
+    """
+
+    ACTIVE_STATUSES = (ProvisioningStatus.PENDING, ProvisioningStatus.RUNNING)
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    schema_name = models.CharField(max_length=63)
+    name = models.CharField(max_length=200)
+    domain = models.CharField(max_length=253)
+    time_zone = models.CharField(max_length=64, default="UTC", validators=[validate_time_zone])
+    admin_username = models.CharField(max_length=150)
+    admin_email = models.EmailField(blank=True)
+    admin_password_hash = models.CharField(max_length=256)
+    # Quotas and policy applied to the tenant row before it is activated, by Tenant field name.
+    tenant_settings = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=16, choices=ProvisioningStatus.choices, default=ProvisioningStatus.PENDING)
+    step = models.CharField(max_length=16, choices=ProvisioningStep.choices, default=ProvisioningStep.QUEUED)
+    error = models.TextField(blank=True)
+    tenant = models.ForeignKey(Tenant, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    requested_by = models.CharField(max_length=150, help_text="User name of the platform user who asked for it.")
+    requested_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-requested_at"]
+        constraints = [
+            # Two unfinished requests for one schema or domain would race in provisioning.
+            models.UniqueConstraint(
+                fields=["schema_name"], condition=models.Q(status__in=["pending", "running"]),
+                name="tenants_provisioningjob_one_active_per_schema",
+            ),
+            models.UniqueConstraint(
+                fields=["domain"], condition=models.Q(status__in=["pending", "running"]),
+                name="tenants_provisioningjob_one_active_per_domain",
+            ),
+        ]
+
+    def __str__(self):
+        return f"Provisioning of {self.schema_name} ({self.status})"
+
+    @property
+    def progress(self):
+        """Percent complete, from the step reached; a failed job keeps the value of the step it failed in."""
+        if self.status == ProvisioningStatus.SUCCEEDED:
+            return 100
+        return PROVISIONING_PROGRESS[ProvisioningStep(self.step)]
+
+
+# Export and lifecycle records live in their own module; importing them here registers them with Django.
+from .backup_models import TenantExport, TenantLifecycleEvent  # noqa: F401

@@ -41,6 +41,20 @@ class TenantMinimumLengthValidator(MinimumLengthValidator):
         return super().get_help_text()
 
 
+def address_allowed(tenant, client_ip):
+    """Return whether ``client_ip`` lies in one of the tenant's ``api_allowed_networks`` (any address when empty).
+
+    A missing or unparsable address is never allowed by a non-empty list.
+    """
+    if not tenant.api_allowed_networks:
+        return True
+    try:
+        address = ipaddress.ip_address(client_ip)
+    except (TypeError, ValueError):
+        return False
+    return any(address in ipaddress.ip_network(network) for network in tenant.api_allowed_networks)
+
+
 class TenantSecurityPolicyMiddleware:
     """Apply the tenant's time zone, session timeout, two-factor roles and the networks allowed to call its API.
 
@@ -110,12 +124,7 @@ class TenantSecurityPolicyMiddleware:
 
     def _reject_foreign_address(self, request, tenant):
         client_ip, _routable = get_client_ip(request)
-        try:
-            address = ipaddress.ip_address(client_ip)
-        except ValueError:
-            address = None
-        networks = [ipaddress.ip_network(network) for network in tenant.api_allowed_networks]
-        if address is not None and any(address in network for network in networks):
+        if address_allowed(tenant, client_ip):
             return None
         logger.info("Tenant %s: API request from %s rejected by its allowed networks", tenant.schema_name, client_ip)
         return JsonResponse(

@@ -1,16 +1,17 @@
-"""Per-tenant quotas on devices, sensors and users, checked when a row is saved.
+"""Per-tenant quotas on devices, sensors and users, checked when a row is saved or created in bulk.
 
-The check runs in a ``pre_save`` receiver, the one place that the REST API,
+A ``pre_save`` receiver checks single saves, the one place that the REST API,
 the tenant admin, device-profile imports and management commands all pass
-through. ``QuerySet.bulk_create`` and ``update()`` skip model signals, so code
-that creates these rows must not use them.
+through. ``bulk_create()``, ``bulk_update()`` and ``update()`` send no model
+signals, so the quota-bound models use QuotaCheckedQuerySet, which checks
+the rows a bulk call would add before it writes any of them.
 """
 
 import logging
 from dataclasses import dataclass
 
 from django.core.exceptions import PermissionDenied
-from django.db import connection
+from django.db import connection, models
 from django.db.models.signals import pre_save
 from django_tenants.utils import get_public_schema_name, get_tenant_model
 
@@ -42,13 +43,13 @@ QUOTAS = (
 class QuotaExceeded(PermissionDenied):
     """Saving the object would take the tenant past one of its quotas, so the API and admin return 403."""
 
-    def __init__(self, quota, limit, schema_name):
+    def __init__(self, quota, limit, schema_name, *, adding=1, existing=None):
         self.quota = quota
         self.limit = limit
-        message = (
-            f"Quota {quota.field} exceeded: tenant {schema_name!r} may have at most {limit} {quota.noun}. "
-            f"Delete unused {quota.noun} or ask the platform operator to raise {quota.field}."
-        )
+        message = f"Quota {quota.field} exceeded: tenant {schema_name!r} may have at most {limit} {quota.noun}. "
+        if adding > 1:
+            message += f"It has {existing}, and this request would add {adding}; nothing was created. "
+        message += f"Delete unused {quota.noun} or ask the platform operator to raise {quota.field}."
         super().__init__(message)
 
 
@@ -64,8 +65,10 @@ def current_tenant():
     return tenant_model.objects.filter(schema_name=connection.schema_name).first()
 
 
-def check_quota(quota, model):
-    """Raise QuotaExceeded when the tenant of the current schema has no room for one more row."""
+def check_quota(quota, model, adding=1):
+    """Raise QuotaExceeded when the tenant of the current schema has no room for ``adding`` more rows."""
+    if adding <= 0:
+        return
     tenant = current_tenant()
     limit = getattr(tenant, quota.field, None) if tenant is not None else None
     if limit is None:
@@ -76,9 +79,11 @@ def check_quota(quota, model):
     if connection.in_atomic_block:
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"quota:{tenant.schema_name}:{quota.field}"])
-    if quota.count(model) >= limit:
-        logger.info("Tenant %s: %s quota of %d reached", tenant.schema_name, quota.field, limit)
-        raise QuotaExceeded(quota, limit, tenant.schema_name)
+    existing = quota.count(model)
+    if existing + adding > limit:
+        logger.info("Tenant %s: %s quota of %d reached (%d present, %d requested)",
+                    tenant.schema_name, quota.field, limit, existing, adding)
+        raise QuotaExceeded(quota, limit, tenant.schema_name, adding=adding, existing=existing)
 
 
 def _adds_row(quota, instance):
@@ -108,3 +113,54 @@ def connect_receivers():
     """Connect the quota checks to their models; called from TenantsConfig.ready()."""
     for quota in QUOTAS:
         pre_save.connect(_RECEIVERS[quota.field], sender=quota.model, dispatch_uid=f"tenants.quota.{quota.field}")
+
+
+def quota_for_model(model):
+    """Return the Quota that counts rows of ``model``, or None."""
+    label = model._meta.concrete_model._meta.label
+    return next((quota for quota in QUOTAS if quota.model == label), None)
+
+
+class QuotaCheckedQuerySet(models.QuerySet):
+    """A QuerySet whose bulk writes check the tenant's quota on the model's rows before writing.
+
+    ``bulk_create`` counts the new objects (active ones for users), and for
+    users ``bulk_update`` and ``update`` count the accounts they reactivate.
+    All rows are checked at once, so an over-quota call writes none of them.
+    Call these inside a transaction for the per-quota lock of check_quota.
+    NOTE: ``bulk_create(update_conflicts=True)`` counts every object as new,
+    so an upsert near the limit may be rejected although it adds fewer rows.
+    """
+
+    def bulk_create(self, objs, *args, **kwargs):
+        objs = list(objs)
+        quota = quota_for_model(self.model)
+        if quota is not None:
+            adding = sum(1 for obj in objs if _adds_row_in_bulk(quota, obj))
+            check_quota(quota, self.model, adding)
+        return super().bulk_create(objs, *args, **kwargs)
+
+    def bulk_update(self, objs, fields, *args, **kwargs):
+        objs = list(objs)
+        quota = quota_for_model(self.model)
+        if quota is not None and quota.field == "max_users" and "is_active" in fields:
+            activating = [obj.pk for obj in objs if obj.is_active]
+            check_quota(quota, self.model, self._inactive_count(activating))
+        return super().bulk_update(objs, fields, *args, **kwargs)
+
+    def update(self, **kwargs):
+        quota = quota_for_model(self.model)
+        if quota is not None and quota.field == "max_users" and kwargs.get("is_active") is True:
+            check_quota(quota, self.model, self.filter(is_active=False).count())
+        return super().update(**kwargs)
+
+    def _inactive_count(self, pks):
+        if not pks:
+            return 0
+        return self.model._default_manager.filter(pk__in=pks, is_active=False).count()
+
+
+def _adds_row_in_bulk(quota, obj):
+    if quota.field == "max_users" and not obj.is_active:
+        return False
+    return obj._state.adding

@@ -48,8 +48,9 @@ EXPECTED_ACCESS = {
     **plant_viewset("device"),
     **plant_viewset("point"),
     **plant_viewset("alarmrule"),
-    ("alarm-list", "GET"): PLANT_READERS,
-    ("alarm-detail", "GET"): PLANT_READERS,
+    # Auditors see the security alarms only, so a process alarm's detail is a 404 to them.
+    ("alarm-list", "GET"): PLANT_READERS | AUDIT_READERS,
+    ("alarm-detail", "GET"): PLANT_READERS | AUDIT_READERS,
     ("alarm-kpis", "GET"): PLANT_READERS,
     ("alarm-acknowledge", "POST"): OPERATORS,
     ("alarm-shelve", "POST"): OPERATORS,

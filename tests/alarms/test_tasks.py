@@ -22,5 +22,8 @@ def test_timer_task_raises_stale_alarm_in_its_schema(sensor, make_rule, feed):
     with schema_context("alpha"):
         counts = run_alarm_timers_task.apply().get()
 
-    assert counts == {"stale": 1, "on_delay": 0, "realarmed": 0, "escalated": 0, "unsuppressed": 0, "unshelved": 0}
+    assert counts == {
+        "stale": 1, "on_delay": 0, "realarmed": 0, "escalated": 0, "unsuppressed": 0, "unshelved": 0,
+        "security_returned": 0,
+    }
     assert Alarm.objects.get(rule=rule).state == AlarmState.ACTIVE_UNACKNOWLEDGED

@@ -12,6 +12,7 @@ import pytest
 from axes.models import AccessAttempt, AccessFailureLog, AccessLog
 from django.contrib import admin
 from django.contrib.auth import get_user_model
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.forms.models import model_to_dict
 from django.test import RequestFactory
 from django.utils import timezone
@@ -25,14 +26,15 @@ from apps.alarms.notifications import create_notification_target
 from apps.audit.choices import AuditAction
 from apps.audit.mixins import AuditedModelAdminMixin
 from apps.audit.models import AuditSettings
+from apps.protocols.certificates import generate_certificate, import_certificate, import_crl
+from apps.protocols.models import PollGroup
 from tests.audit.conftest import chain_head, entries_after
 from tests.conftest import admin_of
 from tests.factories import DeviceFactory, SensorFactory, SiteFactory, UnitFactory
+from tests.protocols.test_revocation import make_ca, make_crl, pem
 
 # Admins that let a tenant admin write but do not record their changes yet, with the reason.
-NOT_YET_AUDITED = {
-    "protocols.certificate": "the certificate admin of apps.protocols does not use AuditedModelAdminMixin yet",
-}
+NOT_YET_AUDITED = {}
 
 def build_user():
     return get_user_model().objects.create_user(
@@ -94,6 +96,20 @@ def build_audit_settings():
     return AuditSettings.objects.create(failed_login_limit=7)
 
 
+def build_poll_group():
+    return PollGroup.objects.create(name=f"group-{uuid.uuid4().hex[:8]}", interval=5)
+
+
+def build_certificate():
+    return generate_certificate(f"client-{uuid.uuid4().hex[:8]}", common_name="ThermaCore test", actor=admin_of("alpha"))
+
+
+def build_revocation_list():
+    ca, ca_key = make_ca()
+    import_certificate(f"ca-{uuid.uuid4().hex[:8]}", pem(ca), actor=admin_of("alpha"))
+    return import_crl(f"crl-{uuid.uuid4().hex[:8]}", pem(make_crl(ca, ca_key, [7])), actor=admin_of("alpha"))
+
+
 USER_PASSWORD = "Boiler-room-pass-4711"
 
 BUILDERS = {
@@ -111,6 +127,18 @@ BUILDERS = {
     "audit.auditsettings": build_audit_settings,
     "otp_totp.totpdevice": build_totp_device,
     "alarms.notificationtarget": build_notification_target,
+    "protocols.certificate": build_certificate,
+    "protocols.pollgroup": build_poll_group,
+    "protocols.certificaterevocationlist": build_revocation_list,
+}
+
+# Fields of an add form that the model does not store, such as what a certificate is generated from.
+# A callable gets the template instance, whose CRL the revocation list form uploads again.
+ADD_FORM_EXTRA = {
+    "protocols.certificate": {"common_name": "ThermaCore test", "days": "365"},
+    "protocols.certificaterevocationlist": lambda template: {
+        "crl_file": SimpleUploadedFile("ca.crl", template.crl_pem.encode()),
+    },
 }
 
 AUDITED = sorted(
@@ -202,7 +230,8 @@ def test_admin_add_writes_one_entry(alpha_client, label):
     assert label in BUILDERS, f"No builder for {label}; add one to BUILDERS."
     model_admin = model_admin_for(label)
     template = BUILDERS[label]()
-    data = form_data(model_admin, template, add=True)
+    extra = ADD_FORM_EXTRA.get(label, {})
+    data = {**form_data(model_admin, template, add=True), **(extra(template) if callable(extra) else extra)}
     template.delete()
     may_add = model_admin.has_add_permission(admin_request())
     start = chain_head()
@@ -306,6 +335,7 @@ ACTION_CASES = {
 # Admin actions that change nothing, with the reason.
 READ_ONLY_ACTIONS = {
     ("protocols.device", "download_profile"): "downloads the devices' profiles as YAML and changes nothing",
+    ("protocols.device", "download_sparkplug_template"): "downloads a device's Sparkplug B template and changes nothing",
 }
 
 
@@ -341,3 +371,19 @@ def test_admin_action_writes_one_entry(alpha_client, label, action):
     [entry] = entries_after(start)
     assert (entry.action, entry.object_type, entry.object_id) == (expected_action, label, str(instance.pk))
     assert entry.actor_name == "admin"
+
+
+def test_certificate_delete_entry_hides_key(alpha_client):
+    certificate = build_certificate()
+    assert certificate.private_key_encrypted
+    start = chain_head()
+
+    response = alpha_client.post(
+        admin_url("protocols.certificate", ""),
+        {"action": "delete_selected", "_selected_action": [str(certificate.pk)], "post": "yes"},
+    )
+
+    assert response.status_code == 302
+    [entry] = entries_after(start)
+    assert entry.changes["private_key_encrypted"] == ["[redacted]", None]
+    assert certificate.private_key_encrypted not in str(entry.changes)

@@ -268,3 +268,40 @@ def test_alarms_filterable_in_viewer(alpha_client, alpha_api):
     assert page.status_code == 200
     assert [entry.sequence for entry in page.context["entries"]] == [alarm.sequence]
     assert [entry["sequence"] for entry in api.json()["results"]] == [alarm.sequence]
+
+
+def test_alarm_reaches_alarm_system(monitoring):
+    from apps.alarms.models import Alarm
+
+    for attempt in range(LIMIT):
+        fail_login("admin", f"192.0.2.{attempt + 1}")
+
+    [alarm] = Alarm.objects.security()
+    assert alarm.key == "failed_login_burst:username=admin"
+    assert alarm.message == "3 failed logins in 5 minutes for username admin."
+
+
+def test_failing_receiver_keeps_entry_and_mails(alpha, django_capture_on_commit_callbacks):
+    from apps.alarms.models import Alarm
+    from apps.audit.monitoring import security_alarm_raised
+
+    def broken_receiver(sender, **kwargs):
+        raise RuntimeError("receiver bug")
+
+    admin = admin_of("alpha")
+    admin.email = "admin@alpha.example"
+    admin.save(update_fields=["email"])
+    AuditSettings.objects.create(working_days=[], working_hours_start=time(6, 0), working_hours_end=time(18, 0))
+    start = chain_head()
+    security_alarm_raised.connect(broken_receiver, dispatch_uid="test_broken_receiver")
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            entry = write_setpoint_entry()
+    finally:
+        security_alarm_raised.disconnect(dispatch_uid="test_broken_receiver")
+
+    assert [alarm.sequence for alarm in alarms_after(start)] == [entry.sequence + 1]
+    # The alarm system's own receiver still ran.
+    assert Alarm.objects.security().count() == 1
+    [message] = mail.outbox
+    assert message.to == ["admin@alpha.example"]

@@ -257,3 +257,51 @@ def test_run_gateway_stops_on_sigterm(alpha):
     output.append(remaining)
     assert process.returncode == 0, "".join(output)
     assert "Gateway stopped" in "".join(output)
+
+
+def test_gateway_stops_suspended_tenant_and_resumes(alpha, topic_prefix, caplog):
+    from django.utils import timezone
+
+    from apps.tenants.choices import TenantStatus
+    from apps.tenants.models import Tenant
+
+    device = mqtt_device()
+    point = mqtt_point(device, f"{topic_prefix}/temp")
+    with schema_context("beta"):
+        beta_device = mqtt_device()
+        mqtt_point(beta_device, f"{topic_prefix}/beta")
+    gateway = fast_gateway(reload_interval=0.2)
+    alpha_key = ("alpha", device.pk)
+    beta_key = ("beta", beta_device.pk)
+
+    def set_alpha_status(status):
+        suspended_at = timezone.now() if status == TenantStatus.SUSPENDED else None
+        Tenant.objects.filter(schema_name="alpha").update(status=status, suspended_at=suspended_at)
+
+    async def wait_until(condition):
+        async with asyncio.timeout(15):
+            while not condition():
+                await asyncio.sleep(0.02)
+
+    async def scenario():
+        await connected(gateway, 2)
+        first_driver = gateway.connections[alpha_key].driver
+        await sync_to_async(set_alpha_status, thread_sensitive=True)(TenantStatus.SUSPENDED)
+        await wait_until(lambda: alpha_key not in gateway.connections)
+        stopped = dict(gateway.connections)
+        await sync_to_async(set_alpha_status, thread_sensitive=True)(TenantStatus.ACTIVE)
+        await wait_until(lambda: alpha_key in gateway.connections and gateway.connections[alpha_key].driver
+                         is not None and gateway.connections[alpha_key].driver.connected)
+        await publish_to(MQTT_BROKER[1], f"{topic_prefix}/temp", "44")
+        await eventually(lambda: readings_in("alpha", point.sensor_id))
+        return stopped, first_driver
+
+    with caplog.at_level(logging.INFO, logger="apps.protocols.gateway"):
+        stopped, first_driver = run_gateway_during(gateway, scenario)
+
+    assert list(stopped) == [beta_key]
+    assert first_driver.connected is False
+    assert "Schema alpha: tenant suspended, stopping its 1 connections" in caplog.text
+    assert f"Schema alpha device {device.pk}: tenant suspended, stopping its connection" in caplog.text
+    assert "Schema alpha: tenant resumed, starting its 1 connections" in caplog.text
+    assert (44.0, Quality.GOOD) in readings_in("alpha", point.sensor_id)

@@ -30,6 +30,8 @@ class Driver(ABC):
         self.device = device
         # Why each point of the last read() got bad quality, by point id, for Point.last_error.
         self.point_errors = {}
+        # The device's response to the last write() where the protocol has one, e.g. a DNP3 command status.
+        self.write_response = None
 
     async def __aenter__(self):
         await self.connect()
@@ -54,6 +56,10 @@ class Driver(ABC):
         cannot represent ``value`` exactly (rounded integers, float32). Raise WriteRejected when
         the device rejects the write and ValueError when ``value`` cannot be encoded.
         """
+
+    def expected_read_back(self, point, written):
+        """Return the value ``point`` should read after write() returned ``written``; None to check quality only."""
+        return written
 
     @abstractmethod
     async def close(self):

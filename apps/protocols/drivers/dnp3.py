@@ -10,6 +10,16 @@ are often integers for analogs, so its integer analog values are dropped and the
 own integrity poll with float variations runs right after it. Later events arrive in the
 variations the outstation is configured for.
 
+Setpoints go to binary output status points as control relay output blocks and to analog
+output status points as analog output blocks (``apps.protocols.dnp3.commands``), by select
+before operate or direct operate. ``read`` on a connection that ``run`` does not drive scans
+the output status of the points, which is how a setpoint is read back.
+
+With a client certificate the channel is TLS with mutual authentication. opendnp3 loads
+the trust list, certificate and key from files on every connect, so they are written to a
+private temporary directory (0700, files 0600) for the life of the channel and removed on
+close.
+
 opendnp3 calls back from its own threads; samples reach the event loop through
 ``call_soon_threadsafe``.
 """
@@ -17,12 +27,16 @@ opendnp3 calls back from its own threads; samples reach the event loop through
 import asyncio
 import atexit
 import logging
+import os
+import shutil
+import tempfile
 import threading
 from datetime import datetime, timezone
 
 import opendnp3
 
-
+from ..choices import Dnp3OperateMode
+from ..dnp3.commands import READ_BACK_VARIATIONS, build_command, status_text
 from ..dnp3.values import POINT_TYPES, measurement_time, to_sample
 from .base import DeviceUnreachable, SubscriptionDriver, WriteRejected, register_driver
 
@@ -48,6 +62,12 @@ INTEGER_ANALOG_VARIATIONS = {
     *(f"Group42Var{variation}" for variation in (1, 2, 3, 4)),
 }
 CHANNEL_RETRY_MIN_MS = 500
+# Task results that mean the outstation never responded, as opposed to responding with an error.
+UNREACHABLE_COMPLETIONS = {
+    opendnp3.TaskCompletion.FAILURE_RESPONSE_TIMEOUT,
+    opendnp3.TaskCompletion.FAILURE_START_TIMEOUT,
+    opendnp3.TaskCompletion.FAILURE_NO_COMMS,
+}
 # "None" is a Python keyword, so the member is looked up by name.
 TIME_SYNC_OFF = opendnp3.TimeSyncMode.__members__["None"]
 
@@ -85,6 +105,12 @@ class Dnp3Driver(SubscriptionDriver):
         self._lost = None
         # opendnp3 keeps only references; keeping the Python objects alive is our job.
         self._callbacks = ()
+        self._command_callbacks = []
+        # Engineering value each written point should read back; None where a pulse leaves it unknown.
+        self._expected = {}
+        # Read-backs waiting for a static output status, by (point type, index).
+        self._read_waiters = {}
+        self._tls_directory = None
 
     @property
     def address(self):
@@ -106,10 +132,17 @@ class Dnp3Driver(SubscriptionDriver):
             opendnp3.TimeDuration.Milliseconds(max(CHANNEL_RETRY_MIN_MS, int(self.device.timeout * 1000))),
         )
         channel_id = f"{self.schema}-device-{self.device.pk}"
-        self.channel = dnp3_manager().AddTCPClient(
-            channel_id, opendnp3.LogLevels(0), retry, [opendnp3.IPEndpoint(self.device.host, self.device.port)],
-            "0.0.0.0", listener,
-        )
+        endpoints = [opendnp3.IPEndpoint(self.device.host, self.device.port)]
+        if self.device.client_certificate_id is not None:
+            tls_config = self._write_tls_files()
+            logger.info("Schema %s device %s: opening DNP3 TLS channel to %s", self.schema, self.device.pk, self.address)
+            self.channel = dnp3_manager().AddTLSClient(
+                channel_id, opendnp3.LogLevels(0), retry, endpoints, "0.0.0.0", tls_config, listener
+            )
+        else:
+            self.channel = dnp3_manager().AddTCPClient(
+                channel_id, opendnp3.LogLevels(0), retry, endpoints, "0.0.0.0", listener
+            )
         self.master = self.channel.AddMaster(channel_id, soe_handler, application, self._master_config())
         self.master.AddScan(_seconds(self.device.integrity_interval), _integrity_headers(), soe_handler)
         if self.device.event_poll_interval:
@@ -120,6 +153,8 @@ class Dnp3Driver(SubscriptionDriver):
         try:
             await asyncio.wait_for(asyncio.shield(self._opened), self.device.timeout)
         except asyncio.TimeoutError:
+            # A caller whose connect() failed does not call close(), so the channel and TLS files go here.
+            await self.close()
             raise DeviceUnreachable(
                 f"Cannot connect to DNP3 outstation {self.address} within {self.device.timeout} s."
             ) from None
@@ -137,8 +172,85 @@ class Dnp3Driver(SubscriptionDriver):
         return f"no {point.dnp3_type} {point.dnp3_index} received since connect"
 
     async def write(self, point, value):
-        # TODO: send control relay output blocks and analog outputs (direct operate) with read-back.
-        raise WriteRejected(f"Point {point.pk} is a DNP3 point; DNP3 setpoints are not supported yet.")
+        self.write_response = None
+        command = build_command(point, value)
+        if self.master is None:
+            raise DeviceUnreachable(f"DNP3 outstation {self.address} is not connected; connect before writing.")
+        select_first = point.dnp3_operate_mode == Dnp3OperateMode.SELECT_BEFORE_OPERATE
+        operate = self.master.SelectAndOperate if select_first else self.master.DirectOperate
+        mode = "select before operate" if select_first else "direct operate"
+        target = f"{point.dnp3_type} {point.dnp3_index} of DNP3 outstation {self.address}"
+        finished = self._loop.create_future()
+
+        def on_result(result):
+            # Runs on opendnp3's thread.
+            outcome = (result.summary, [(item.index, item.state, item.status) for item in result.to_list()])
+            _schedule(self, _settle, finished, outcome)
+
+        self._command_callbacks.append(on_result)
+        logger.info(
+            "Schema %s device %s point %s: sending %s to %s by %s",
+            self.schema, self.device.pk, point.pk, command.description, target, mode,
+        )
+        operate(command.command, point.dnp3_index, on_result)
+        try:
+            # Select before operate takes two round trips.
+            summary, results = await asyncio.wait_for(finished, self.device.timeout * 2 + 1)
+        except asyncio.TimeoutError:
+            raise DeviceUnreachable(f"No response to {command.description} on {target}.") from None
+        finally:
+            self._command_callbacks.remove(on_result)
+
+        if summary != opendnp3.TaskCompletion.SUCCESS:
+            message = f"{command.description} on {target} failed: {summary.name}"
+            if summary in UNREACHABLE_COMPLETIONS:
+                raise DeviceUnreachable(message)
+            raise WriteRejected(message)
+        if not results:
+            raise WriteRejected(f"The outstation returned no command status for {command.description} on {target}.")
+        _, state, status = results[0]
+        self.write_response = status_text(status)
+        if status != opendnp3.CommandStatus.SUCCESS or state != opendnp3.CommandPointState.SUCCESS:
+            raise WriteRejected(
+                f"The outstation rejected {command.description} on {target} with command status "
+                f"{self.write_response} ({state.name.lower()})."
+            )
+        self._expected[point.pk] = command.expected
+        return value if command.expected is None else command.expected
+
+    def expected_read_back(self, point, written):
+        return self._expected.get(point.pk, written)
+
+    async def read(self, points):
+        if self._deliver is None and self.master is not None:
+            await self._scan_output_status(points)
+        return await super().read(points)
+
+    async def _scan_output_status(self, points):
+        """Read the static output status of ``points`` in flag-carrying variations and wait for the values."""
+        waiting = []
+        for point in points:
+            variation = READ_BACK_VARIATIONS.get(point.dnp3_type)
+            if variation is None:
+                continue
+            key = (point.dnp3_type, point.dnp3_index)
+            self.points_by_address.setdefault(key, []).append(point)
+            self.latest.pop(point.sensor_id, None)
+            if key not in self._read_waiters:
+                self._read_waiters[key] = (f"Group{variation[0]}Var", self._loop.create_future())
+                waiting.append(self._read_waiters[key][1])
+                self.master.ScanRange(
+                    opendnp3.GroupVariationID(*variation), point.dnp3_index, point.dnp3_index, self._callbacks[1]
+                )
+        try:
+            await asyncio.wait_for(asyncio.gather(*waiting), self.device.timeout)
+        except asyncio.TimeoutError:
+            logger.warning(
+                "Schema %s device %s: DNP3 outstation %s sent no output status within %s s",
+                self.schema, self.device.pk, self.address, self.device.timeout,
+            )
+        finally:
+            self._read_waiters.clear()
 
     async def close(self):
         if self.channel is None:
@@ -147,6 +259,43 @@ class Dnp3Driver(SubscriptionDriver):
         self.connected = False
         # Shutdown waits for opendnp3's threads, which may be waiting to call back into Python.
         await asyncio.to_thread(channel.Shutdown)
+        if self._tls_directory is not None:
+            shutil.rmtree(self._tls_directory, ignore_errors=True)
+            self._tls_directory = None
+
+    def _write_tls_files(self):
+        """Write the trust list, client certificate and decrypted key to 0600 files and return the TLS config.
+
+        Raise DeviceUnreachable when the device has no trusted certificates, so no server would be trusted.
+        NOTE: opendnp3 reads the files again on every reconnect, so the decrypted key stays on disk
+        until close(); the bindings take no in-memory certificates.
+        """
+        trusted = list(self.device.trusted_certificates.all())
+        if not trusted:
+            raise DeviceUnreachable(
+                f"DNP3 TLS to {self.address} needs trusted certificates (the outstation's or its CA's); "
+                "add them to the device."
+            )
+        certificate = self.device.client_certificate
+        files = {
+            "trusted.pem": "".join(item.certificate_pem for item in trusted),
+            "client.pem": certificate.certificate_pem,
+            "client.key": certificate.private_key_pem(),
+        }
+        # mkdtemp creates the directory with mode 0700.
+        self._tls_directory = tempfile.mkdtemp(prefix="thermacore-dnp3-")
+        try:
+            for name, text in files.items():
+                path = os.path.join(self._tls_directory, name)
+                descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(descriptor, "w") as file:
+                    file.write(text)
+        except OSError:
+            shutil.rmtree(self._tls_directory, ignore_errors=True)
+            self._tls_directory = None
+            raise
+        paths = {name: os.path.join(self._tls_directory, name) for name in files}
+        return opendnp3.TLSConfig(paths["trusted.pem"], paths["client.pem"], paths["client.key"])
 
     def _master_config(self):
         config = opendnp3.MasterStackConfig()
@@ -169,9 +318,10 @@ class Dnp3Driver(SubscriptionDriver):
             self.connected = False
             _settle(self._lost, f"channel {state.name.lower()}")
 
-    def _on_values(self, point_type, measurements, received_at):
+    def _on_values(self, point_type, measurements, received_at, variation_name=""):
         samples = []
         for index, raw_value, flags, milliseconds, time_valid in measurements:
+            waiter = self._read_waiters.get((point_type, index))
             for point in self.points_by_address.get((point_type, index), ()):
                 when = measurement_time(milliseconds, time_valid, received_at)
                 conversion = to_sample(point, point_type, raw_value, flags, when)
@@ -182,6 +332,8 @@ class Dnp3Driver(SubscriptionDriver):
                     )
                 samples.append(conversion.sample)
                 self.latest[point.sensor_id] = conversion.sample
+            if waiter is not None and variation_name.startswith(waiter[0]):
+                _settle(waiter[1], None)
         if samples and self._deliver is not None:
             self._deliver(samples)
 
@@ -244,7 +396,7 @@ class _SoeHandler(opendnp3.ISOEHandler):
                 value.time.quality != opendnp3.TimestampQuality.INVALID,
             ))
         if measurements:
-            _schedule(self.driver, self.driver._on_values, point_type, measurements, received_at)
+            _schedule(self.driver, self.driver._on_values, point_type, measurements, received_at, info.gv.name)
 
     def OnDeviceAttribute(self, info, set_, variation, value):
         pass

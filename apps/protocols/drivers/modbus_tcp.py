@@ -104,9 +104,11 @@ def plan_blocks(points):
 class ModbusTcpDriver(Driver):
     protocol = "modbus_tcp"
 
-    def __init__(self, device):
+    def __init__(self, device, *, client=None):
+        """``client`` is a connected client of a pool (apps.protocols.modbus.pool), which close() leaves open."""
         super().__init__(device)
-        self.client = None
+        self.client = client
+        self._owns_client = client is None
 
     async def connect(self):
         if self.client is None:
@@ -130,7 +132,7 @@ class ModbusTcpDriver(Driver):
             raise DeviceUnreachable(f"Cannot connect to {self.device.host}:{self.device.port}: {reason}.")
 
     async def close(self):
-        if self.client is not None:
+        if self.client is not None and self._owns_client:
             self.client.close()
 
     async def read(self, points):

@@ -5,19 +5,28 @@ QoS 1 by default, so the broker queues messages while the gateway reconnects. Pa
 reconnect is off: when the link drops, ``run`` raises DeviceUnreachable and the gateway
 reconnects with back-off, subscribing again on every connect.
 
+TLS is on when the device has trusted certificates or a client certificate of the tenant's
+certificate store, or a CA file on the gateway host (``tls_ca_file``). Certificates of the
+store are loaded into an ``ssl.SSLContext`` in memory, except the client certificate and its
+decrypted key: ``SSLContext.load_cert_chain`` accepts only paths, so they go to a 0600 file
+that is deleted right after loading. The broker's host name is checked unless
+``tls_verify_hostname`` is off.
+
 Paho calls back from its network thread; decoding happens there and the samples are
 handed to the event loop with ``call_soon_threadsafe``.
 """
 
 import asyncio
 import logging
+import os
+import ssl
+import tempfile
 import threading
 import time
 from datetime import datetime, timezone
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
-
 
 from ..mqtt.payloads import decode_message
 from ..mqtt.sparkplug import NAMESPACE as SPARKPLUG_NAMESPACE
@@ -125,17 +134,73 @@ class MqttDriver(SubscriptionDriver):
         )
         if self.device.username:
             client.username_pw_set(self.device.username, self.device.password or None)
-        if self.device.tls_ca_file:
-            client.tls_set(
-                ca_certs=self.device.tls_ca_file,
-                certfile=self.device.tls_cert_file or None,
-                keyfile=self.device.tls_key_file or None,
-            )
+        context = self._tls_context()
+        if context is not None:
+            # Paho 2 takes its hostname check setting from context.check_hostname.
+            client.tls_set_context(context)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
         return client
+
+    def _tls_context(self):
+        """Return the SSL context for the broker connection, or None when the device does not use TLS."""
+        device = self.device
+        trusted, client_certificate = self._store_certificates()
+        if not (trusted or client_certificate or device.tls_ca_file):
+            return None
+
+        if not (trusted or device.tls_ca_file):
+            raise DeviceUnreachable(
+                f"MQTT device {device.pk} has a client certificate but trusts no broker certificate; add the "
+                "broker's CA to its trusted certificates."
+            )
+
+        # Unlike ssl.create_default_context, this context trusts no system CA: only the device's trust list.
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = device.tls_verify_hostname
+        try:
+            if device.tls_ca_file:
+                context.load_verify_locations(cafile=device.tls_ca_file)
+            if trusted:
+                context.load_verify_locations(cadata="".join(certificate.certificate_pem for certificate in trusted))
+            if client_certificate is not None:
+                _load_client_certificate(context, client_certificate)
+            elif device.tls_cert_file:
+                context.load_cert_chain(device.tls_cert_file, device.tls_key_file or None)
+        except (OSError, ssl.SSLError) as exc:
+            raise DeviceUnreachable(
+                f"TLS settings of MQTT device {device.pk} cannot be loaded: {exc}; check its CA, certificate and "
+                "key files or certificates."
+            ) from exc
+
+        return context
+
+    def _store_certificates(self):
+        """Return the device's trusted certificates and client certificate (or None) as its caller loaded them.
+
+        This runs on an event loop, where the ORM cannot query, so callers load the device with
+        Device.objects.with_certificates() or prefetch_related_objects.
+        """
+        device = self.device
+        if device._state.adding:
+            return [], None
+        cache = getattr(device, "_prefetched_objects_cache", {})
+        certificate_loaded = device.client_certificate_id is None or type(device).client_certificate.is_cached(device)
+        if "trusted_certificates" in cache and certificate_loaded:
+            return list(cache["trusted_certificates"]), device.client_certificate
+        if device.client_certificate_id is not None:
+            raise DeviceUnreachable(
+                f"MQTT device {device.pk} has a client certificate, but its certificates were not loaded before "
+                "connecting; load the device with Device.objects.with_certificates()."
+            )
+        # NOTE: without loaded certificates only the TLS files apply, so trusted certificates are not used here.
+        logger.warning(
+            "Schema %s device %s: certificates not loaded before connecting, so store certificates are not used",
+            self.schema, device.pk,
+        )
+        return [], None
 
     # The callbacks below run on paho's network thread.
 
@@ -225,6 +290,19 @@ def _settle(future, outcome):
         future.set_exception(outcome)
     else:
         future.set_result(outcome)
+
+
+def _load_client_certificate(context, certificate):
+    """Load a store certificate and its decrypted key into ``context`` through a 0600 file deleted at once."""
+    descriptor, path = tempfile.mkstemp(prefix="thermacore-mqtt-", suffix=".pem")
+    try:
+        # mkstemp creates the file with mode 0600, readable by this user only.
+        with os.fdopen(descriptor, "w") as file:
+            file.write(certificate.certificate_pem)
+            file.write(certificate.private_key_pem())
+        context.load_cert_chain(path)
+    finally:
+        os.unlink(path)
 
 
 def _stop_client(client):

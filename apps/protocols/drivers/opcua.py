@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from asyncua import Client, ua
 
 from ..opcua.nodes import parse_node_id
-from ..opcua.security import UntrustedServerCertificate, apply_security
+from ..opcua.security import RevokedServerCertificate, UntrustedServerCertificate, apply_security
 from ..opcua.values import status_name, to_sample
 from .base import DeviceUnreachable, SubscriptionDriver, WriteRejected, register_driver
 
@@ -70,6 +70,12 @@ class OpcUaDriver(SubscriptionDriver):
                 await client.disconnect()
             except CONNECTION_ERRORS:
                 pass
+            if check is not None and check.revocation is not None:
+                raise RevokedServerCertificate(
+                    f"OPC UA server {self.url} presented a revoked certificate ({check.describe_rejected()}): "
+                    f"{check.describe_revocation()}: {exc}. Give the server a new certificate, or remove the CRL "
+                    "from the store if the revocation is wrong."
+                ) from exc
             if check is not None and check.rejected is not None:
                 raise UntrustedServerCertificate(
                     f"OPC UA server {self.url} presented a certificate that device {self.device.pk} does not trust "

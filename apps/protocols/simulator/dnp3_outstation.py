@@ -8,6 +8,7 @@ COMM_LOST flag instead of ONLINE, as an RTU reports a failed field input.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 
@@ -58,6 +59,7 @@ class PlantDnp3Outstation:
         self._manager = None
         self._outstation = None
         self._keep = ()
+        self._restarting = False
 
     def index_of(self, device_id: int, key: str) -> tuple[str, int]:
         """Return the (DNP3 point type, index) of a plant point."""
@@ -87,6 +89,8 @@ class PlantDnp3Outstation:
 
     def update(self) -> None:
         if self._outstation is None:
+            if self._restarting:
+                return
             raise RuntimeError("The DNP3 outstation is not started. Call start() first.")
         builder = opendnp3.UpdateBuilder()
         for unit in self.plant.units:
@@ -108,3 +112,20 @@ class PlantDnp3Outstation:
         manager.Shutdown()
         self._keep = ()
         logger.info("Plant simulator stopped serving DNP3 on %s:%d", self.host, self.port)
+
+    async def restart(self, down_for: float) -> None:
+        """Shut the outstation down, which closes the master's connection, and start it again after ``down_for`` s.
+
+        The new outstation has empty event buffers, as a restarted RTU has.
+        """
+        if self._outstation is None and not self._restarting:
+            raise RuntimeError("The DNP3 outstation is not started. Call start() first.")
+        # Until a start succeeds, update() skips its writes and the next restart tries again.
+        self._restarting = True
+        # Stop and start block the event loop briefly, but never run while update() does.
+        self.stop()
+        logger.info("Plant simulator DNP3 outstation on %s:%d down for %.3g s", self.host, self.port, down_for)
+        await asyncio.sleep(down_for)
+        self.start()
+        self._restarting = False
+        logger.info("Plant simulator DNP3 outstation on %s:%d restarted", self.host, self.port)

@@ -8,6 +8,7 @@ keeps its last value with status BadDeviceFailure, as a server whose field devic
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from asyncua import Server, ua
@@ -35,6 +36,7 @@ class PlantOpcUaServer:
         self.namespace_index: int | None = None
         self._server: Server | None = None
         self._nodes: dict[tuple[int, str], ua.NodeId] = {}
+        self._restarting = False
 
     @property
     def url(self) -> str:
@@ -64,13 +66,17 @@ class PlantOpcUaServer:
     async def update(self) -> None:
         """Write the current value of every point, or BadDeviceFailure for points with an exception fault."""
         if self._server is None:
+            if self._restarting:
+                return
             raise RuntimeError("The OPC UA server is not started. Call start() first.")
+        # restart() may stop the server between two writes, so the rest go to the old address space.
+        server, nodes = self._server, self._nodes
         for unit in self.plant.units:
             failing = self.plant.exception_keys(unit) if isinstance(self.plant, FaultInjector) else set()
             for key, value in self.plant.values(unit).items():
                 status = ua.StatusCodes.BadDeviceFailure if key in failing else ua.StatusCodes.Good
                 data_value = ua.DataValue(_variant(value), StatusCode=ua.StatusCode(status))
-                await self._server.write_attribute_value(self._nodes[unit.device_id, key], data_value)
+                await server.write_attribute_value(nodes[unit.device_id, key], data_value)
 
     async def stop(self) -> None:
         if self._server is None:
@@ -78,6 +84,23 @@ class PlantOpcUaServer:
         server, self._server = self._server, None
         await server.stop()
         logger.info("Plant simulator stopped serving OPC UA on %s", self.url)
+
+    async def restart(self, down_for: float) -> None:
+        """Stop the server, which closes every session, stay away for ``down_for`` seconds, then serve again.
+
+        The address space is built anew, so clients must reconnect and subscribe again.
+        """
+        if self._server is None and not self._restarting:
+            raise RuntimeError("The OPC UA server is not started. Call start() first.")
+        # Until a start succeeds, update() skips its writes and the next restart tries again.
+        self._restarting = True
+        await self.stop()
+        logger.info("Plant simulator OPC UA server on %s down for %.3g s", self.url, down_for)
+        await asyncio.sleep(down_for)
+        self._nodes = {}
+        await self.start()
+        self._restarting = False
+        logger.info("Plant simulator OPC UA server on %s restarted", self.url)
 
 
 def _variant(value: float | bool) -> ua.Variant:

@@ -120,11 +120,14 @@ class PlantServer:
 
         The plant keeps running meanwhile, as a device that restarts its communication module would.
         """
-        if self._server is None:
+        if self._update_task is None:
             raise RuntimeError("The plant server is not started. Call start() first.")
-        port = self.port
-        server, self._server = self._server, None
-        await server.shutdown()
+        if self._server is not None:
+            self.requested_port = self.port
+            server, self._server = self._server, None
+            await server.shutdown()
+        # A failed listen leaves the server away until the next restart, while the plant keeps running.
+        port = self.requested_port
         logger.info("Plant simulator on %s:%d disconnected for %.3g s", self.host, port, down_for)
         await asyncio.sleep(down_for)
         await self._listen(port)
@@ -153,9 +156,9 @@ class PlantServer:
 
     async def stop(self) -> None:
         """Stop the update loop and close the server and its connections."""
-        if self._server is None:
+        if self._server is None and self._update_task is None:
             return
-        port = self.port
+        port = self.port if self._server is not None else self.requested_port
         if self._update_task is not None:
             self._update_task.cancel()
             try:
@@ -163,8 +166,10 @@ class PlantServer:
             except asyncio.CancelledError:
                 pass
             self._update_task = None
-        await self._server.shutdown()
-        self._server = None
+        # The server is away when stop() comes during a restart.
+        if self._server is not None:
+            await self._server.shutdown()
+            self._server = None
         logger.info("Plant simulator on %s:%d stopped after %d updates", self.host, port, self.update_count)
 
     async def __aenter__(self) -> PlantServer:
@@ -220,8 +225,8 @@ async def serve_plant(host: str = "127.0.0.1", port: int = 5020, update_interval
                       dnp3_port: int | None = None) -> None:
     """Serve a new ``Plant`` on Modbus TCP until cancelled, with ``faults`` applied.
 
-    With ``restart_every`` the server disconnects every that many seconds and listens again
-    after ``down_for`` seconds. With ``mqtt_broker`` (host, port) every update is also published
+    With ``restart_every`` every protocol server disconnects every that many seconds and serves
+    again after ``down_for`` seconds, and the MQTT publisher reconnects. With ``mqtt_broker`` (host, port) every update is also published
     there under ``mqtt_prefix``. With ``opcua_port`` and ``dnp3_port`` it is also served over
     OPC UA and DNP3 on those ports of ``host``. ``ready`` is set once the servers listen. Cancelling the task
     stops the server.
@@ -247,7 +252,9 @@ async def serve_plant(host: str = "127.0.0.1", port: int = 5020, update_interval
     await server.start()
     restarts = None
     if restart_every is not None:
-        restarts = asyncio.create_task(_restart_periodically(server, restart_every, down_for))
+        # Every protocol server goes down and comes back at the same moments, like a device that reboots.
+        services = [service for service in (server, opcua, outstation, publisher) if service is not None]
+        restarts = asyncio.create_task(_restart_periodically(services, restart_every, down_for))
     try:
         if ready is not None:
             ready.set()
@@ -264,7 +271,14 @@ async def serve_plant(host: str = "127.0.0.1", port: int = 5020, update_interval
             outstation.stop()
 
 
-async def _restart_periodically(server: PlantServer, every: float, down_for: float) -> None:
+async def _restart_periodically(services: list, every: float, down_for: float) -> None:
+    """Restart every service each ``every`` seconds; a failed restart is logged and tried again next time."""
+    count = 0
     while True:
         await asyncio.sleep(every)
-        await server.restart(down_for)
+        count += 1
+        logger.info("Plant simulator restart %d: %d protocol servers down for %.3g s", count, len(services), down_for)
+        results = await asyncio.gather(*(service.restart(down_for) for service in services), return_exceptions=True)
+        for service, result in zip(services, results):
+            if isinstance(result, Exception):
+                logger.error("Plant simulator restart %d of %s failed: %s", count, type(service).__name__, result)

@@ -40,7 +40,8 @@ class Command(BaseCommand):
             parser.add_argument(f"--{kind}", action="append", default=[], metavar="FAULT", help=text + " Repeatable.")
         parser.add_argument(
             "--restart-every", type=float, default=None,
-            help="Seconds between disconnects: all connections are closed and the port stops listening.",
+            help="Seconds between restarts: every protocol server closes its connections and stops listening "
+            "for --down-for seconds, and the MQTT publisher disconnects (default: no restarts).",
         )
         parser.add_argument(
             "--down-for", type=float, default=5.0, help="Seconds the server stays away at each disconnect (default: 5)."
