@@ -33,6 +33,15 @@ ADMIN_PASSWORD = "Correct-horse-battery-4711"
 SOCKET_TIMEOUT = 15
 
 
+async def refusal_code(communicator, timeout=SOCKET_TIMEOUT):
+    """Return the close code of a refused WebSocket, which the server accepts and then closes at once."""
+    connected, code = await communicator.connect(timeout=timeout)
+    assert connected, f"handshake rejected (close code {code}); a refusal must accept and then close with a code"
+    message = await communicator.receive_output(timeout=timeout)
+    assert message["type"] == "websocket.close", message
+    return message["code"]
+
+
 @pytest.fixture(scope="session")
 def django_db_setup(django_db_setup, django_db_blocker):
     # pytest-django creates the test database only when a selected test uses `db` or the django_db
@@ -122,6 +131,18 @@ def free_port():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def free_port_in(ports):
+    """Return the first loopback port of ``ports`` that is free, so parallel suites can keep to their own ranges."""
+    for port in ports:
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"No free loopback port in {ports.start}-{ports.stop - 1}")
 
 
 class ServerThread:

@@ -42,8 +42,9 @@ def test_far_page_is_not_found_without_reading_rows(alpha_api):
     assert elapsed < 1.0
 
 
-def test_non_numeric_page_is_not_found(alpha_api):
+def test_non_numeric_page_is_rejected(alpha_api):
     response = alpha_api.get("/api/v1/units/", {"page": "last-but-one"})
 
-    assert response.status_code == 404
-    assert "Invalid page" in response.data["detail"]
+    assert response.status_code == 400
+    assert "page" in str(response.data)
+    assert "last-but-one" in str(response.data)

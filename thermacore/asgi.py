@@ -7,11 +7,11 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "thermacore.settings")
 # Django must be set up before the consumers and middlewares import models.
 django_asgi_app = get_asgi_application()
 
-from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.routing import ProtocolTypeRouter, URLRouter
 
-from apps.accounts.asgi import TenantAuthMiddleware  # noqa: E402
-from apps.dashboards.routing import websocket_urlpatterns  # noqa: E402
-from apps.tenants.asgi import TenantWebSocketMiddleware  # noqa: E402
+from apps.accounts.asgi import TenantAuthMiddleware
+from apps.dashboards.routing import websocket_urlpatterns
+from apps.tenants.asgi import TenantWebSocketMiddleware
 
 application = ProtocolTypeRouter(
     {

@@ -69,6 +69,8 @@ SHARED_APPS = [
     "axes",
     # Periodic tasks of every tenant (CELERY_BEAT_SCHEDULE) are stored in the public schema.
     "django_celery_beat",
+    # Refresh tokens of platform staff (apps.tenants.platform_tokens); each tenant keeps its own as well.
+    "rest_framework_simplejwt.token_blacklist",
 ]
 
 # Apps whose tables every tenant schema gets its own copy of. Users live here
@@ -200,6 +202,9 @@ CHANNEL_LAYERS = {
 # Readings further ahead of the server clock than this are rejected: they come
 # from a device with a wrong clock and would otherwise hide later live values.
 TELEMETRY_MAX_FUTURE_SECONDS = env.int("THERMACORE_MAX_FUTURE_SECONDS", default=300)
+# Readings older than this many days are rejected for tenants without retention_days, because each
+# day of back-filled history creates a partition. Ten years covers the archives of most plant historians.
+TELEMETRY_MAX_AGE_DAYS = env.int("THERMACORE_MAX_AGE_DAYS", default=3650)
 # How many days of reading partitions exist ahead of today (native partitioning).
 TELEMETRY_PARTITIONS_AHEAD_DAYS = env.int("THERMACORE_PARTITIONS_AHEAD_DAYS", default=7)
 # A readings write that takes longer than this, in seconds, is abandoned and
@@ -297,6 +302,14 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": 60.0,
         "options": {"expire_seconds": 60},
     },
+    # Sent to the public schema only: queues lost provisioning jobs and tenant exports again and fails those
+    # of killed workers (apps.tenants.recovery). Needs the public schema's tenant row (ensure_public_tenant).
+    "recover-stuck-tenant-jobs": {
+        "task": "tenants.recover_stuck_jobs",
+        "schedule": 300.0,
+        "tenant_schemas": ["public"],
+        "options": {"expire_seconds": 300},
+    },
 }
 
 # Authentication and API -----------------------------------------------------
@@ -325,6 +338,17 @@ AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "registration/lockout.html"
 AXES_VERBOSE = False
+
+
+def _totp_issuer(device):
+    # Imported when a device builds its otpauth:// link, because models cannot load while settings do.
+    from apps.accounts.two_factor import totp_issuer
+
+    return totp_issuer(device)
+
+
+# django-otp puts the issuer into the otpauth:// link and its label, e.g. "ThermaCore Acme Heating:admin".
+OTP_TOTP_ISSUER = _totp_issuer
 PASSWORD_RESET_TIMEOUT = env.int("THERMACORE_PASSWORD_RESET_TIMEOUT_SECONDS", default=3600)
 # Development prints mail to the console; production sets e.g. smtp+tls://user:password@host:587.
 EMAIL_CONFIG = env.email_url("THERMACORE_EMAIL_URL", default="consolemail://")

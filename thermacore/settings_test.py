@@ -6,6 +6,6 @@ import os
 os.environ.setdefault("THERMACORE_REDIS_URL", "redis://127.0.0.1:6379/15")
 os.environ.setdefault("THERMACORE_LOG_LEVEL", "WARNING")
 
-from .settings import *  # noqa: E402,F403
+from .settings import *
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -23,3 +23,6 @@ urlpatterns = [
     # The split view serves its start-up script as a file, which the Content Security Policy allows.
     path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="schema"), name="swagger-ui"),
 ]
+
+# A 403 page that names the role, what it may do and the pages it may open.
+handler403 = "apps.dashboards.views.permission_denied"

@@ -34,7 +34,8 @@ from apps.audit.services import record
 from apps.tenants.policy import address_allowed
 
 from .authentication import ApiKeyAuthentication, TenantJWTAuthentication
-from .sockets import session_group, tenant_group, user_group
+from .sockets import login_group, session_group, tenant_group, user_group
+from .tokens import LOGIN_CLAIM, login_ended
 
 logger = logging.getLogger(__name__)
 
@@ -96,8 +97,17 @@ def _authenticate_bearer(scope, schema, raw_token):
     except (InvalidToken, TokenError, AuthenticationFailed) as exc:
         logger.info("WebSocket bearer token rejected on schema %s: %s", schema, exc)
         return AnonymousUser(), ANONYMOUS
+    if login_ended(schema, token.get(LOGIN_CLAIM)):
+        # REST requests still accept such a token until it expires, but a logout ends its sockets for good.
+        logger.info("WebSocket bearer token of user %s on schema %s rejected: its login was logged out",
+                    user.pk, schema)
+        return AnonymousUser(), ANONYMOUS
     expires_at = datetime.fromtimestamp(token["exp"], tz=UTC) if "exp" in token else None
-    return user, SocketCredential("jwt", _user_groups(schema, user), expires_at)
+    groups = _user_groups(schema, user)
+    if token.get(LOGIN_CLAIM):
+        # A JWT logout closes the sockets of its login through this group.
+        groups = (*groups, login_group(schema, token[LOGIN_CLAIM]))
+    return user, SocketCredential("jwt", groups, expires_at)
 
 
 def _authenticate_api_key(scope, schema, authorization):
@@ -178,7 +188,11 @@ CLOSE_NETWORK_NOT_ALLOWED = 4403
 
 
 async def reject_websocket(receive, send, code, reason):
-    """Accept the handshake and close at once, so the client can read the close code and reason."""
+    """Accept the handshake and close at once with ``code``.
+
+    A close before the accept would reach the client as an HTTP 403 of the handshake, without the code.
+    NOTE: Daphne 4.2.3 sends no close reason (its serverClose passes only the code), so clients rely on codes.
+    """
     message = await receive()
     if message["type"] != "websocket.connect":
         return

@@ -1,7 +1,8 @@
 """Channels groups that let account and tenant events close the WebSockets a credential opened.
 
 Every live socket joins the group of its user, of its tenant and, when it
-was opened with a browser session, of that session. Logout, password change,
+was opened with a browser session or a JWT, of that session or token login.
+Logout (session or JWT), password change,
 deactivation, role change, API-key revocation and tenant suspension send a
 ``socket.close`` message to the matching group once their transaction has
 committed, and each consumer in the group closes its socket with the code
@@ -40,6 +41,11 @@ def session_group(schema, session_key):
     return f"{schema}.sockets.session.{digest}"
 
 
+def login_group(schema, login_id):
+    """Return the group of the sockets opened with access tokens of one token login (tokens.LOGIN_CLAIM)."""
+    return f"{schema}.sockets.login.{login_id}"
+
+
 def tenant_group(schema):
     return f"{schema}.sockets.tenant"
 
@@ -68,6 +74,16 @@ def close_after_commit(groups, *, code, reason):
 
 def close_user_sockets(schema, user_id, reason):
     close_after_commit([user_group(schema, user_id)], code=CLOSE_CREDENTIAL_ENDED, reason=reason)
+
+
+def close_login_sockets(schema, user_id, login_id, reason):
+    """Close the sockets of one token login once the transaction commits.
+
+    A token without a login id was issued before tokens carried one, so all
+    of its user's sockets are closed instead.
+    """
+    group = login_group(schema, login_id) if login_id else user_group(schema, user_id)
+    close_after_commit([group], code=CLOSE_CREDENTIAL_ENDED, reason=reason)
 
 
 def close_tenant_sockets(schema, reason):

@@ -20,7 +20,7 @@ from django.utils.safestring import mark_safe
 from django_otp.forms import OTPTokenForm
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
-from apps.audit.choices import AuditAction
+from apps.audit.choices import AuditAction, Outcome
 from apps.audit.services import record
 
 logger = logging.getLogger(__name__)
@@ -33,6 +33,16 @@ def _next_url(request):
     if url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}, require_https=request.is_secure()):
         return target
     return reverse("dashboards:live")
+
+
+def totp_issuer(device):
+    """Return the issuer that authenticator apps show for ``device``: "ThermaCore" and the tenant's name.
+
+    Every tenant has an "admin", so without the tenant's name all their entries would look alike.
+    Set as OTP_TOTP_ISSUER, so django-otp also writes it into the label ("ThermaCore Acme:admin").
+    """
+    tenant_name = getattr(getattr(connection, "tenant", None), "name", "")
+    return f"ThermaCore {tenant_name}".strip()
 
 
 def qr_code_svg(data):
@@ -55,6 +65,14 @@ def verify(request):
         django_otp.login(request, request.user.otp_device)
         logger.info("Schema %s: user %s passed the TOTP step", connection.schema_name, request.user.pk)
         return redirect(_next_url(request))
+    if request.method == "POST":
+        # A wrong code is a failed login, so repeated guesses count towards the failed-login burst alarm.
+        username = request.user.get_username()
+        record(
+            AuditAction.LOGIN_FAILED, actor=request.user, obj=request.user, outcome=Outcome.FAILURE,
+            detail={"username": username, "factor": "totp"}, request=request,
+        )
+        logger.info("Schema %s: user %s entered a wrong TOTP code", connection.schema_name, request.user.pk)
     return render(request, "accounts/two_factor_verify.html", {"form": form, "next": _next_url(request)})
 
 
@@ -72,8 +90,12 @@ def setup(request):
             with transaction.atomic():
                 device.confirmed = True
                 device.save(update_fields=["confirmed"])
-                record(AuditAction.OBJECT_CREATED, actor=request.user, obj=request.user,
-                       detail={"two_factor_device": device.persistent_id})
+                record(
+                    AuditAction.OBJECT_CREATED, actor=request.user, obj=device,
+                    detail={"event": "two_factor_enrolled", "user": request.user.get_username(),
+                            "device": device.name},
+                    request=request,
+                )
             django_otp.login(request, device)
             logger.info("Schema %s: user %s enrolled TOTP device %s", connection.schema_name, request.user.pk, device.pk)
             return redirect(_next_url(request))

@@ -7,6 +7,8 @@ from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework_simplejwt import views as jwt_views
 
+from apps.audit.mixins import AuditedPasswordFormViewMixin
+
 from .models import ApiKey
 from .roles import Capability
 from .serializers import ApiKeySerializer, ProfileSerializer
@@ -56,10 +58,11 @@ class TokenRefreshView(jwt_views.TokenRefreshView):
 
 
 class LogoutView(jwt_views.TokenBlacklistView):
-    """Blacklist the given refresh token, so it can no longer be refreshed.
+    """Blacklist the given refresh token, so it can no longer be refreshed, and close the sockets of its login.
 
-    Access tokens issued from it stay valid until they expire
-    (SIMPLE_JWT ACCESS_TOKEN_LIFETIME, 5 minutes by default).
+    Access tokens issued from it stay valid for REST requests until they
+    expire (SIMPLE_JWT ACCESS_TOKEN_LIFETIME, 5 minutes by default), but
+    open no new WebSockets (apps.accounts.tokens.end_login).
     """
 
 
@@ -98,3 +101,13 @@ class ApiKeyViewSet(mixins.CreateModelMixin, mixins.DestroyModelMixin, viewsets.
 
     def perform_destroy(self, instance):
         revoke_api_key(instance, actor=self.request.user)
+
+
+class PasswordChangeView(AuditedPasswordFormViewMixin, auth_views.PasswordChangeView):
+    """Django's password change page, recorded in the audit trail."""
+
+
+class PasswordResetConfirmView(AuditedPasswordFormViewMixin, auth_views.PasswordResetConfirmView):
+    """Django's page that sets a new password from a reset link, recorded in the audit trail."""
+
+    audit_event = "password_reset"

@@ -111,7 +111,7 @@ def rotate_webhook_secret(target, *, actor):
     secret = secrets.token_urlsafe(32)
     with transaction.atomic():
         NotificationTarget.objects.filter(pk=target.pk).update(secret_encrypted=encrypt_secret(secret))
-        audit.record(AuditAction.OBJECT_UPDATED, actor=actor, obj=target, detail={"secret": "rotated"})
+        audit.record(AuditAction.OBJECT_UPDATED, actor=actor, obj=target, detail={"event": "secret_rotated"})
     logger.info("Webhook secret of notification target %s rotated by user %s", target.pk, getattr(actor, "pk", None))
     return secret
 

@@ -151,6 +151,8 @@ def parse_time_parameter(request, name, default):
 class SensorViewSet(AuditedModelViewSetMixin, viewsets.ModelViewSet):
     queryset = Sensor.objects.select_related("unit")
     serializer_class = SensorSerializer
+    # Query parameters besides pagination, by action; the paginator rejects any other (apps.api.pagination).
+    query_parameters = {"readings": ("start", "end")}
 
     @extend_schema(
         parameters=[

@@ -5,6 +5,7 @@ from django.contrib import admin
 from rest_framework_simplejwt.token_blacklist import admin as blacklist_admin
 from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken
 
+from .choices import AuditAction
 from .mixins import AuditedModelAdminMixin
 from .models import AuditEntry, AuditSettings, CredentialNetwork
 
@@ -66,11 +67,13 @@ class CredentialNetworkAdmin(admin.ModelAdmin):
         return False
 
 
-def _audit_third_party_admin(model, base_admin):
-    """Register `model` again with `base_admin` plus AuditedModelAdminMixin, keeping its list and filters."""
+def _audit_third_party_admin(model, base_admin, **attributes):
+    """Register `model` again with `base_admin` plus AuditedModelAdminMixin, keeping its list and filters.
+
+    ``attributes`` are set on the new admin class, e.g. its ``audit_detail``.
+    """
     if not admin.site.is_registered(model):
         return  # e.g. AXES_ENABLE_ADMIN = False
-    attributes = {}
     if model is AccessAttempt:
         # The "Clean up expired attempts" action deletes through the axes handler, unseen by the mixin;
         # selecting the attempts and deleting them is audited instead.
@@ -96,4 +99,14 @@ if apps.is_installed("django_otp.plugins.otp_totp"):
     from django_otp.plugins.otp_totp import admin as totp_admin
     from django_otp.plugins.otp_totp.models import TOTPDevice
 
-    _audit_third_party_admin(TOTPDevice, totp_admin.TOTPDeviceAdmin)
+    # The same events as the enrolment page writes (apps.accounts.two_factor), so one filter finds both.
+    TWO_FACTOR_EVENTS = {
+        AuditAction.OBJECT_CREATED: "two_factor_enrolled",
+        AuditAction.OBJECT_UPDATED: "two_factor_changed",
+        AuditAction.OBJECT_DELETED: "two_factor_removed",
+    }
+
+    def _two_factor_detail(model_admin, device, action):
+        return {"event": TWO_FACTOR_EVENTS[action], "user": device.user.get_username(), "device": device.name}
+
+    _audit_third_party_admin(TOTPDevice, totp_admin.TOTPDeviceAdmin, audit_detail=_two_factor_detail)

@@ -12,6 +12,10 @@ An entry's hash is the SHA-256, in lowercase hex, of the UTF-8 bytes of a
 canonical JSON object holding the fields in HASHED_FIELDS: keys sorted, no
 insignificant whitespace, non-ASCII characters kept as they are. The first
 entry of a tenant's chain has GENESIS_HASH as its previous hash.
+
+The hashed `tenant` is the schema name the entry was recorded in. A tenant
+restored from an archive under a new schema keeps its source's entries
+unchanged, so those hash with the source's name (see hashed_tenant_name).
 """
 
 import argparse
@@ -52,12 +56,36 @@ EXPORT_COLUMNS = (
 )
 SUPPORTED_MANIFEST_VERSIONS = (1,)
 
+# A tenant restored from an archive records the restore as an entry with this action and detail.event.
+RESTORE_ACTION = "tenant.lifecycle"
+RESTORE_EVENT = "restored"
+
 # Text fields that are never null; a missing value hashes as "".
 _TEXT_FIELDS = {
     "tenant", "actor_type", "actor_id", "actor_name", "user_agent", "request_id", "action", "object_type",
     "object_id", "object_repr", "outcome", "previous_hash",
 }
 _JSON_FIELDS = {"changes", "detail"}
+
+
+def hashed_tenant_name(sequence, tenant, restores):
+    """Return the tenant name that entry `sequence` of `tenant`'s chain was hashed with.
+
+    `restores` lists (sequence, source schema) of the chain's restore
+    entries in chain order. An entry before a restore entry was recorded in
+    that restore's source schema, so it hashes with the source name of the
+    first restore after it. The restore entry and every later one hash with
+    `tenant`.
+    """
+    for restore_sequence, source_schema in restores:
+        if int(sequence) < int(restore_sequence):
+            return source_schema
+    return tenant
+
+
+def is_restore_entry(entry):
+    detail = entry.get("detail")
+    return entry.get("action") == RESTORE_ACTION and isinstance(detail, dict) and detail.get("event") == RESTORE_EVENT
 
 
 class BreakKind:
@@ -263,6 +291,81 @@ def _read_json_entries(path):
             yield entry
 
 
+def _manifest_restores(manifest, manifest_path):
+    """Return the manifest's restore points as (sequence, source schema) pairs in chain order."""
+    listed = manifest.get("restores") or []
+    try:
+        restores = sorted((int(point["sequence"]), str(point["source_schema"])) for point in listed)
+    except (KeyError, TypeError, ValueError):
+        raise ExportInvalid(
+            f"{manifest_path}: restores {listed!r} is malformed; expected a list of "
+            '{"sequence": <entry>, "source_schema": <schema>} objects.'
+        ) from None
+    return restores
+
+
+def _check_restore_entry(entry, restore_sources):
+    """Check that a restore entry in the file and the manifest's restore points name the same sequence and source."""
+    sequence = int(entry["sequence"])
+    if is_restore_entry(entry):
+        source = entry["detail"].get("source_schema")
+        if restore_sources.get(sequence) != source:
+            raise ExportInvalid(
+                f"Entry {sequence} records a restore from schema {source!r}, but the manifest's restores do not "
+                "list it: the manifest belongs to another export."
+            )
+    elif sequence in restore_sources:
+        raise ExportInvalid(
+            f"The manifest lists a restore from schema {restore_sources[sequence]!r} at entry {sequence}, but that "
+            f"entry of the file is {entry['action']!r}: the manifest belongs to another export."
+        )
+
+
+# Keys every manifest has, with their JSON types; None is allowed where an empty chain has no entry.
+MANIFEST_TYPES = {
+    "manifest_version": (int,),
+    "tenant": (str,),
+    "format": (str,),
+    "through_sequence": (int,),
+    "contiguous": (bool,),
+    "entry_count": (int,),
+    "file_sha256": (str,),
+    "first_entry": (dict, type(None)),
+    "last_entry": (dict, type(None)),
+    "chain_head": (dict, type(None)),
+}
+
+
+JSON_TYPE_NAMES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
+
+
+def _load_manifest(manifest_path):
+    """Read a manifest file and check that it is an object with the keys and types of MANIFEST_TYPES."""
+    try:
+        with open(manifest_path, encoding="utf-8") as manifest_file:
+            manifest = json.load(manifest_file)
+    except OSError as exc:
+        raise ExportInvalid(f"Cannot read the manifest {manifest_path}: {exc.strerror or exc}.") from None
+    except ValueError as exc:
+        # json.JSONDecodeError and UnicodeDecodeError are both ValueErrors.
+        raise ExportInvalid(f"{manifest_path} is not a JSON manifest: {exc}.") from None
+    if not isinstance(manifest, dict):
+        raise ExportInvalid(
+            f"{manifest_path} contains a JSON {JSON_TYPE_NAMES.get(type(manifest), 'value')}, but a manifest is a "
+            "JSON object; give the manifest downloaded with the export."
+        )
+    missing = [key for key in MANIFEST_TYPES if key not in manifest]
+    if missing:
+        raise ExportInvalid(f"{manifest_path} is missing the keys {', '.join(missing)}; give the manifest "
+                            "downloaded with the export.")
+    for key, types in MANIFEST_TYPES.items():
+        # bool is an int in Python, but a count or sequence of true would be a damaged manifest.
+        if not isinstance(manifest[key], types) or (isinstance(manifest[key], bool) and bool not in types):
+            expected = " or ".join(JSON_TYPE_NAMES.get(python_type, "object") for python_type in types)
+            raise ExportInvalid(f"{manifest_path}: {key} {manifest[key]!r} is invalid; expected a JSON {expected}.")
+    return manifest
+
+
 def verify_export(export_path, manifest_path):
     """Check an exported file against its manifest and check the chain it contains; return a one-line summary.
 
@@ -270,15 +373,17 @@ def verify_export(export_path, manifest_path):
     are missing or do not hash to their recorded values, broken links, or
     ends that differ from the manifest.
     """
-    with open(manifest_path, encoding="utf-8") as manifest_file:
-        manifest = json.load(manifest_file)
+    manifest = _load_manifest(manifest_path)
     if manifest.get("manifest_version") not in SUPPORTED_MANIFEST_VERSIONS:
         raise ExportInvalid(
             f"{manifest_path}: manifest_version {manifest.get('manifest_version')!r} is not supported; "
             f"this verifier reads versions {SUPPORTED_MANIFEST_VERSIONS}."
         )
 
-    actual = _sha256_of_file(export_path)
+    try:
+        actual = _sha256_of_file(export_path)
+    except OSError as exc:
+        raise ExportInvalid(f"Cannot read the export {export_path}: {exc.strerror or exc}.") from None
     if actual != manifest["file_sha256"]:
         raise ExportInvalid(
             f"{export_path} has SHA-256 {actual}, but the manifest gives {manifest['file_sha256']}: "
@@ -288,13 +393,17 @@ def verify_export(export_path, manifest_path):
     reader = {"csv": _read_csv_entries, "json": _read_json_entries}.get(manifest["format"])
     if reader is None:
         raise ExportInvalid(f"{manifest_path}: unknown format {manifest['format']!r}; expected csv or json.")
+    restores = _manifest_restores(manifest, manifest_path)
+    restore_sources = dict(restores)
     seen = {"count": 0, "first": None, "last": None}
 
     def entries():
         for entry in reader(export_path):
-            if entry["tenant"] != manifest["tenant"]:
+            _check_restore_entry(entry, restore_sources)
+            expected_tenant = hashed_tenant_name(entry["sequence"], manifest["tenant"], restores)
+            if entry["tenant"] != expected_tenant:
                 raise ExportInvalid(
-                    f"Entry {entry['sequence']} belongs to tenant {entry['tenant']!r}, not {manifest['tenant']!r}."
+                    f"Entry {entry['sequence']} belongs to tenant {entry['tenant']!r}, not {expected_tenant!r}."
                 )
             if entry["sequence"] > manifest["through_sequence"]:
                 raise ExportInvalid(
@@ -329,9 +438,10 @@ def verify_export(export_path, manifest_path):
             f"The export should end at the chain head {manifest['chain_head']}, but ends at {manifest['last_entry']}."
         )
 
+    restored = "".join(f", restored from {source} at entry {sequence}" for sequence, source in restores)
     return (
-        f"OK: {seen['count']} entries of tenant {manifest['tenant']} through entry {manifest['through_sequence']}, "
-        f"file SHA-256 {actual}"
+        f"OK: {seen['count']} entries of tenant {manifest['tenant']} through entry {manifest['through_sequence']}"
+        f"{restored}, file SHA-256 {actual}"
     )
 
 

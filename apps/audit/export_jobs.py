@@ -24,7 +24,7 @@ from django.utils import timezone
 from django_tenants.utils import schema_context
 
 from .choices import AuditAction, ExportStatus
-from .exports import BATCH_SIZE, ExportFormat, encoder_for, export_record, manifest_for_file
+from .exports import BATCH_SIZE, ExportFormat, encoder_for, export_record, manifest_for_file, tenant_restores
 from .filters import AuditEntryFilter
 from .models import AuditEntry, ExportJob
 from .services import Actor, record
@@ -135,6 +135,7 @@ def _write_file(job, schema, queryset, path):
     size = 0
     written = 0
     encoder = encoder_for(job.format)
+    restores = tenant_restores(schema)
     partial_path = path.with_name(path.name + ".partial")
     with open(partial_path, "wb") as export:
 
@@ -147,7 +148,7 @@ def _write_file(job, schema, queryset, path):
         write(encoder.start())
         after = 0
         while batch := list(queryset.filter(sequence__gt=after).order_by("sequence")[:BATCH_SIZE]):
-            write(encoder.encode([export_record(entry, schema) for entry in batch]))
+            write(encoder.encode([export_record(entry, schema, restores) for entry in batch]))
             after = batch[-1].sequence
             written += len(batch)
             # Progress is its own autocommitted update, so the audit page shows it while the file grows.

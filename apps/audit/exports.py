@@ -14,8 +14,9 @@ from asgiref.sync import sync_to_async
 from django.utils import timezone
 from django_tenants.utils import schema_context
 
-from .chain import EXPORT_COLUMNS, canonical_ip, canonical_json, canonical_time
+from .chain import EXPORT_COLUMNS, canonical_ip, canonical_json, canonical_time, hashed_tenant_name
 from .services import entry_row
+from .verify import restore_points, retention_start
 
 BATCH_SIZE = 1000
 MANIFEST_VERSION = 1
@@ -28,11 +29,13 @@ class ExportFormat:
     CONTENT_TYPES = {CSV: "text/csv; charset=utf-8", JSON: "application/json"}
 
 
-def export_record(entry, schema):
-    """Return an entry as the flat mapping written to exports, in canonical text forms."""
-    # TODO: entries from before a tenant restore hash with the source schema's name (apps.audit.verify.restore_points),
-    # so an export of a restored tenant fails offline verification until exports carry that name per entry.
-    row = {**entry_row(entry), "tenant": schema}
+def export_record(entry, schema, restores=()):
+    """Return an entry as the flat mapping written to exports, in canonical text forms.
+
+    `tenant` is the name the entry was hashed with: `schema`, or for an entry
+    from before a restore the source schema (`restores` from tenant_restores).
+    """
+    row = {**entry_row(entry), "tenant": hashed_tenant_name(entry.sequence, schema, restores)}
     row["time"] = canonical_time(row["time"])
     row["source_ip"] = canonical_ip(row["source_ip"])
     return {column: row[column] for column in EXPORT_COLUMNS}
@@ -88,11 +91,22 @@ def encoder_for(export_format):
     return CsvEncoder() if export_format == ExportFormat.CSV else JsonEncoder()
 
 
-def fetch_batch(schema, queryset, after):
+def _retention_start(schema):
+    with schema_context(schema):
+        return retention_start()
+
+
+def tenant_restores(schema):
+    """Return (sequence, source schema) of every restore in the tenant's chain, as export_record takes them."""
+    with schema_context(schema):
+        return restore_points()
+
+
+def fetch_batch(schema, queryset, after, restores=()):
     """Return the next batch of entries with a sequence above `after`, in chain order."""
     with schema_context(schema):
         return [
-            export_record(entry, schema)
+            export_record(entry, schema, restores)
             for entry in queryset.filter(sequence__gt=after).order_by("sequence")[:BATCH_SIZE]
         ]
 
@@ -100,9 +114,10 @@ def fetch_batch(schema, queryset, after):
 def iter_export(schema, queryset, export_format):
     """Yield the export file's bytes in chunks (for WSGI servers and for the manifest)."""
     encoder = encoder_for(export_format)
+    restores = tenant_restores(schema)
     yield encoder.start()
     after = 0
-    while batch := fetch_batch(schema, queryset, after):
+    while batch := fetch_batch(schema, queryset, after, restores):
         yield encoder.encode(batch)
         after = batch[-1]["sequence"]
     yield encoder.end()
@@ -116,9 +131,10 @@ async def aiter_export(schema, queryset, export_format):
     this asynchronous one to stream.
     """
     encoder = encoder_for(export_format)
+    restores = await sync_to_async(tenant_restores)(schema)
     yield encoder.start()
     after = 0
-    while batch := await sync_to_async(fetch_batch)(schema, queryset, after):
+    while batch := await sync_to_async(fetch_batch)(schema, queryset, after, restores):
         yield encoder.encode(batch)
         after = batch[-1]["sequence"]
     yield encoder.end()
@@ -156,12 +172,18 @@ def manifest_for_file(schema, queryset, export_format, *, filters, through, chai
         "through_sequence": through,
         # Without filters the export is the whole chain from entry 1, so gaps mean deleted entries.
         "contiguous": not filters,
+        # After retention the whole chain starts after the last dropped entry and links to its hash.
+        "chain_start": None if filters else _retention_start(schema),
         "entry_count": count,
         "file_size": file_size,
         "file_sha256": file_sha256,
         "first_entry": first,
         "last_entry": last,
         "chain_head": {"sequence": chain_head.sequence, "hash": chain_head.hash} if chain_head else None,
+        # Entries before a restore carry their source schema's name (chain.hashed_tenant_name).
+        "restores": [
+            {"sequence": sequence, "source_schema": source} for sequence, source in tenant_restores(schema)
+        ],
         "hash_algorithm": "sha256 of canonical JSON, see apps/audit/chain.py",
         "generated_at": canonical_time(timezone.now()),
     }

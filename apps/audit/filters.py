@@ -22,8 +22,10 @@ class AuditEntryFilter(django_filters.FilterSet):
     object_id = django_filters.CharFilter()
     outcome = django_filters.ChoiceFilter(choices=Outcome.choices)
     request_id = django_filters.CharFilter()
+    # A label of its own, because django-filter cannot derive one from a JSON key and shows "[invalid name]".
     trigger = django_filters.ChoiceFilter(
-        field_name="detail__trigger", choices=SecurityTrigger.choices, help_text="Trigger of a security alarm."
+        field_name="detail__trigger", choices=SecurityTrigger.choices, label="Security alarm trigger",
+        help_text="Trigger of a security alarm.",
     )
 
     class Meta:

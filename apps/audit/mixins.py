@@ -55,28 +55,43 @@ class AuditedModelAdminMixin:
         """Return the field values of one of the admin's own objects as the audit entries store them."""
         return snapshot(obj)
 
+    def audit_detail(self, obj, action):
+        """Return the detail of the entry recording ``action`` on one of the admin's own objects, or None."""
+        return None
+
     def save_model(self, request, obj, form, change):
         with transaction.atomic():
             # The form has already set the new values on obj, but the stored row still has the old ones.
             before = self.audit_snapshot(type(obj)._default_manager.get(pk=obj.pk)) if change else None
             super().save_model(request, obj, form, change)
+            action = AuditAction.OBJECT_UPDATED if change else AuditAction.OBJECT_CREATED
             record(
-                AuditAction.OBJECT_UPDATED if change else AuditAction.OBJECT_CREATED,
-                actor=request.user, obj=obj, before=before, after=self.audit_snapshot(obj), request=request,
+                action, actor=request.user, obj=obj, before=before, after=self.audit_snapshot(obj),
+                detail=self.audit_detail(obj, action), request=request,
             )
 
     def delete_model(self, request, obj):
         with transaction.atomic():
             target, before = AuditTarget.of(obj), self.audit_snapshot(obj)
+            detail = self.audit_detail(obj, AuditAction.OBJECT_DELETED)
             super().delete_model(request, obj)
-            record(AuditAction.OBJECT_DELETED, actor=request.user, obj=target, before=before, request=request)
+            record(
+                AuditAction.OBJECT_DELETED, actor=request.user, obj=target, before=before, detail=detail,
+                request=request,
+            )
 
     def delete_queryset(self, request, queryset):
         with transaction.atomic():
-            doomed = [(AuditTarget.of(obj), self.audit_snapshot(obj)) for obj in queryset]
+            doomed = [
+                (AuditTarget.of(obj), self.audit_snapshot(obj), self.audit_detail(obj, AuditAction.OBJECT_DELETED))
+                for obj in queryset
+            ]
             super().delete_queryset(request, queryset)
-            for target, before in doomed:
-                record(AuditAction.OBJECT_DELETED, actor=request.user, obj=target, before=before, request=request)
+            for target, before, detail in doomed:
+                record(
+                    AuditAction.OBJECT_DELETED, actor=request.user, obj=target, before=before, detail=detail,
+                    request=request,
+                )
 
     def save_formset(self, request, form, formset, change):
         with transaction.atomic():
@@ -116,4 +131,25 @@ class AuditedPasswordChangeMixin:
                     changes={"password": [REDACTED, REDACTED]}, detail={"event": "password_changed"},
                     request=request,
                 )
+        return response
+
+
+class AuditedPasswordFormViewMixin:
+    """Record a password changed on django.contrib.auth's password change or reset confirm page, without the password.
+
+    Put it before the view: ``class PasswordChangeView(AuditedPasswordFormViewMixin, auth_views.PasswordChangeView)``.
+    The reset confirm page is served to a logged-out user, so the actor is the user the reset link was sent to.
+    """
+
+    audit_event = "password_changed"
+
+    def form_valid(self, form):
+        with transaction.atomic():
+            response = super().form_valid(form)
+            user = form.user
+            actor = self.request.user if self.request.user.is_authenticated else user
+            record(
+                AuditAction.OBJECT_UPDATED, actor=actor, obj=user, changes={"password": [REDACTED, REDACTED]},
+                detail={"event": self.audit_event}, request=self.request,
+            )
         return response

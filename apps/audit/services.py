@@ -20,6 +20,7 @@ from .choices import ActorType, AuditAction, Outcome
 from .context import context_from_request, current_context
 from .models import AuditEntry
 from .monitoring import inspect_entry
+from .redaction import REDACTED, is_secret_field, redact
 
 logger = logging.getLogger(__name__)
 
@@ -27,9 +28,6 @@ logger = logging.getLogger(__name__)
 # writers of one tenant's chain; the second key is a hash of the schema name.
 CHAIN_LOCK_NAMESPACE = 0x41554454
 
-# Field values that never enter the audit trail; a change shows as this marker.
-REDACTED = "[redacted]"
-REDACTED_FIELDS = frozenset({"password"})
 
 
 @dataclass(frozen=True)
@@ -94,10 +92,11 @@ def snapshot(instance):
     Foreign keys appear under their field name with the related id.
     """
     values = {}
+    label = instance._meta.label_lower
     for field in instance._meta.concrete_fields:
         if field.primary_key:
             continue
-        value = REDACTED if field.name in REDACTED_FIELDS else field.value_from_object(instance)
+        value = REDACTED if is_secret_field(label, field.name) else field.value_from_object(instance)
         values[field.name] = value
     return to_json_value(values)
 
@@ -182,8 +181,9 @@ def record(
             object_id=target.id,
             object_repr=target.repr,
             outcome=outcome,
-            changes=to_json_value(changes),
-            detail=to_json_value(detail or {}),
+            # Whatever the caller passed, no secret reaches the append-only trail.
+            changes=redact(to_json_value(changes)),
+            detail=redact(to_json_value(detail or {})),
             previous_hash=last["hash"] if last else GENESIS_HASH,
         )
         entry.hash = entry_hash(hashed_values(entry, schema))

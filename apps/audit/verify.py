@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 from django_tenants.utils import schema_context
 
-from .chain import ChainBreak, find_first_break
+from .chain import ChainBreak, find_first_break, hashed_tenant_name
 from .choices import AuditAction
 from .models import AuditEntry
 from .services import entry_row
@@ -54,14 +54,6 @@ def restore_points():
         (row["sequence"], row["detail"]["source_schema"])
         for row in restores.order_by("sequence").values("sequence", "detail")
     ]
-
-
-def hashed_tenant_name(sequence, schema, restores):
-    """Return the tenant name that entry `sequence` was hashed with: the source of the first restore after it."""
-    for restore_sequence, source_schema in restores:
-        if sequence < restore_sequence:
-            return source_schema
-    return schema
 
 
 def verify_chain(schema, *, anchors=None):

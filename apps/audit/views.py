@@ -1,5 +1,7 @@
 """REST API of the audit trail: the entry list, the export and the export's manifest."""
 
+import re
+
 from django.core.handlers.asgi import ASGIRequest
 from django.db import connection, transaction
 from django.http import QueryDict, StreamingHttpResponse
@@ -7,7 +9,7 @@ from django.urls import reverse
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework.exceptions import ValidationError
+from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.generics import ListAPIView
 from rest_framework.pagination import CursorPagination
 from rest_framework.permissions import IsAuthenticated
@@ -35,12 +37,38 @@ THROUGH_PARAMETER = OpenApiParameter(
 
 
 class AuditEntryPagination(CursorPagination):
-    """Pages newest first by sequence, so a deep page costs no more than the first."""
+    """Pages newest first by sequence, so a deep page costs no more than the first.
+
+    An invalid page size or cursor is a 400 naming the parameter, as in the other list endpoints
+    (apps.api.pagination), instead of DRF's silent default size and 404.
+    """
 
     ordering = "-sequence"
     page_size = 100
     page_size_query_param = "page_size"
     max_page_size = 1000
+
+    def get_page_size(self, request):
+        raw = request.query_params.get(self.page_size_query_param)
+        if raw is None:
+            return self.page_size
+        if not raw.isdigit() or int(raw) < 1:
+            raise ValidationError({self.page_size_query_param: [
+                f"{raw[:32]!r} is not a page size; give a whole number from 1 to {self.max_page_size}."
+            ]})
+        return min(int(raw), self.max_page_size)
+
+    def decode_cursor(self, request):
+        raw = request.query_params.get(self.cursor_query_param)
+        try:
+            # DRF's base64 decoding skips characters outside the alphabet, so "%00" would decode to the first page.
+            if raw is not None and not re.fullmatch(r"[A-Za-z0-9+/=]+", raw):
+                raise NotFound()
+            return super().decode_cursor(request)
+        except NotFound:
+            raise ValidationError({self.cursor_query_param: [
+                "Invalid cursor; use the next or previous link of an earlier page."
+            ]}) from None
 
 
 class AuditEntryListView(ListAPIView):

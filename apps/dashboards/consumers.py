@@ -35,6 +35,7 @@ CLOSE_NOT_FOUND = 4404
 # The client fell behind and messages were dropped: it must reconnect and reload its state.
 CLOSE_RESYNC = 4409
 FORMATS = ("html", "json")
+UNAUTHENTICATED_REASON = "Authentication required: send a session cookie, a bearer token or an API key."
 
 # Messages a connection may have waiting for its client. A client that lets
 # more pile up is stalled. It is closed with CLOSE_RESYNC, so neither the
@@ -73,13 +74,13 @@ class LiveValuesConsumer(AsyncWebsocketConsumer):
     async def connect(self):
         self.schema = self.scope["tenant"].schema_name
         user = self.scope.get("user")
+        # Every refusal accepts and then closes: a close before the accept reaches the client as an HTTP 403
+        # of the handshake, without the code.
         if user is None or not user.is_authenticated or not user.is_active:
-            await self.close(code=CLOSE_UNAUTHENTICATED)
+            await self._reject(CLOSE_UNAUTHENTICATED, UNAUTHENTICATED_REASON)
             return
         if not has_capability(user, Capability.VIEW_PLANT):
-            logger.info("Live socket on schema %s refused: role %s of user %s may not view the plant",
-                        self.schema, user.role, user.pk)
-            await self.close(code=CLOSE_FORBIDDEN)
+            await self._reject(CLOSE_FORBIDDEN, f"Role {user.role} may not view the plant.")
             return
         query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
         self.format = query.get("format", ["html"])[0]
@@ -120,7 +121,7 @@ class LiveValuesConsumer(AsyncWebsocketConsumer):
         # A credential change that committed between authentication and joining sent its close to no one.
         if not await self._credential_unchanged(user):
             await self._leave_groups()
-            await self.close(code=CLOSE_CREDENTIAL_ENDED)
+            await self._reject(CLOSE_CREDENTIAL_ENDED, "Credential changed; log in again.")
             return
         # Join before reading the snapshot, so that no change between the two is lost.
         for group in self.groups_joined:
@@ -357,9 +358,9 @@ class NotFoundConsumer(AsyncWebsocketConsumer):
 
     async def connect(self):
         user = self.scope.get("user")
+        await self.accept()
         if user is None or not user.is_authenticated:
             # Strangers learn nothing about which paths exist.
-            await self.close(code=CLOSE_UNAUTHENTICATED)
+            await self.close(code=CLOSE_UNAUTHENTICATED, reason=UNAUTHENTICATED_REASON)
             return
-        await self.accept()
         await self.close(code=CLOSE_NOT_FOUND, reason="No WebSocket endpoint at this path; use /ws/live/.")

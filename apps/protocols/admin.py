@@ -2,6 +2,8 @@ from cryptography.hazmat.primitives import hashes
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.validators import MinValueValidator
+from django.db import models
 from django.http import Http404, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -230,7 +232,22 @@ def sparkplug_download(device):
     return response
 
 
-class PointInline(admin.StackedInline):
+class ModelMinimumMixin:
+    """Give integer form fields the minimum of the model field's own MinValueValidator.
+
+    Django's form field of a PositiveIntegerField has a minimum of 0, so without this an interval of -5
+    reports "greater than or equal to 0" and 0 reports the model's "greater than or equal to 1".
+    """
+
+    def formfield_for_dbfield(self, db_field, request, **kwargs):
+        minimums = [validator.limit_value for validator in db_field.validators
+                    if isinstance(validator, MinValueValidator)]
+        if minimums and isinstance(db_field, models.IntegerField) and not db_field.choices:
+            kwargs.setdefault("min_value", max(minimums))
+        return super().formfield_for_dbfield(db_field, request, **kwargs)
+
+
+class PointInline(ModelMinimumMixin, admin.StackedInline):
     model = Point
     extra = 0
     fieldsets = (
@@ -247,7 +264,7 @@ class PointInline(admin.StackedInline):
 
 
 @admin.register(Device)
-class DeviceAdmin(AuditedModelAdminMixin, admin.ModelAdmin):
+class DeviceAdmin(ModelMinimumMixin, AuditedModelAdminMixin, admin.ModelAdmin):
     list_display = ("name", "protocol", "host", "port", "unit_id", "poll_interval", "enabled", "status", "last_seen")
     list_filter = ("protocol", "enabled", "status")
     search_fields = ("name", "host")
@@ -360,7 +377,7 @@ class DeviceAdmin(AuditedModelAdminMixin, admin.ModelAdmin):
 
 
 @admin.register(PollGroup)
-class PollGroupAdmin(AuditedModelAdminMixin, admin.ModelAdmin):
+class PollGroupAdmin(ModelMinimumMixin, AuditedModelAdminMixin, admin.ModelAdmin):
     """Poll groups of the tenant; saving one updates its beat entry, which beat reads without a restart."""
 
     list_display = ("name", "interval", "enabled", "device_count")

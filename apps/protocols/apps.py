@@ -7,6 +7,6 @@ class ProtocolsConfig(AppConfig):
 
     def ready(self):
         # Drivers register themselves with the driver registry on import.
-        from .drivers import dnp3, modbus_tcp, mqtt, opcua  # noqa: F401
         # Connects the signal that deletes a poll group's beat entry with the group.
         from . import schedules  # noqa: F401
+        from .drivers import dnp3, modbus_tcp, mqtt, opcua  # noqa: F401

@@ -1,8 +1,10 @@
 """Connection tests and address-space browsing for configuring devices: OPC UA browse and MQTT topic discovery.
 
-Each function opens its own short-lived connection, so it works whether or not the gateway
-or the poller keeps one open to the same device. They block for at most the device timeout (plus
-the listening time of a topic discovery), and are meant for requests of a configuring user.
+Browsing and topic discovery open a short-lived connection of their own, so they work whether
+or not the gateway keeps one open to the same device. The connection test does the same, except
+for a Modbus device tested in a worker process that polls: there it leases the device's pooled
+connection (apps.protocols.sessions). They block for at most the device timeout (plus the
+listening time of a topic discovery), and are meant for requests of a configuring user.
 """
 
 import asyncio
@@ -18,12 +20,12 @@ from django.db.models import prefetch_related_objects
 from apps.sensors.quality import quality_label
 
 from .choices import Protocol
-from .drivers.base import DeviceUnreachable, SubscriptionDriver, get_driver
+from .drivers.base import DeviceUnreachable
 from .drivers.mqtt import MqttDriver
 from .drivers.opcua import CONNECTION_ERRORS as OPCUA_ERRORS
-from .drivers.opcua import OpcUaDriver
 from .mqtt.topics import validate_topic_filter
 from .opcua.nodes import parse_node_id
+from .sessions import make_driver, run_session
 
 logger = logging.getLogger(__name__)
 
@@ -69,30 +71,19 @@ class InvalidBrowseRequest(ValueError):
     """The browse request names an invalid node id, topic filter or listening time, or a protocol without one."""
 
 
-def _driver_for(device):
-    # Drivers run on an event loop, where the certificates could not be loaded lazily.
-    prefetch_related_objects(
-        [device], "client_certificate", "trusted_certificates", "trusted_certificates__revocation_lists"
-    )
-    driver_class = get_driver(device.protocol)
-    if issubclass(driver_class, SubscriptionDriver):
-        return driver_class(device, schema=connection.schema_name)
-    return driver_class(device)
-
-
 def check_connection(device):
     """Connect to ``device``, read its first enabled point where the protocol allows, close, and report.
 
     Modbus and OPC UA read the point; MQTT and DNP3 succeed once the broker acknowledges the
     connection or the outstation's channel opens, because their values arrive later.
     """
-    driver = _driver_for(device)
+    driver = make_driver(device)
     point = device.points.filter(enabled=True).order_by("pk").first()
     if device.protocol not in DIRECT_READ_PROTOCOLS:
         point = None
     started = time.perf_counter()
     try:
-        samples = asyncio.run(_connect_and_read(driver, point))
+        samples = run_session(driver, lambda connected: _read_point(connected, point))
     except DeviceUnreachable as exc:
         elapsed = (time.perf_counter() - started) * 1000
         logger.info("Schema %s device %s: connection test failed: %s", connection.schema_name, device.pk, exc)
@@ -113,9 +104,8 @@ def check_connection(device):
     )
 
 
-async def _connect_and_read(driver, point):
-    async with driver:
-        return await driver.read([point]) if point is not None else []
+async def _read_point(driver, point):
+    return await driver.read([point]) if point is not None else []
 
 
 def browse_opcua(device, node_id=""):
@@ -126,7 +116,7 @@ def browse_opcua(device, node_id=""):
             start = parse_node_id(node_id)
         except ValueError as exc:
             raise InvalidBrowseRequest(str(exc)) from exc
-    driver = _driver_for(device)
+    driver = make_driver(device)
     try:
         return asyncio.run(_browse(driver, start))
     except DeviceUnreachable as exc:

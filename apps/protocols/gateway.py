@@ -225,7 +225,7 @@ class Gateway:
                     next_heartbeat = now + self.heartbeat_interval
                 try:
                     await asyncio.wait_for(self._stop.wait(), self.tick)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
         finally:
             await asyncio.gather(*(connection.stop() for connection in self.connections.values()))

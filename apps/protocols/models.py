@@ -550,9 +550,12 @@ class Point(models.Model):
         if self.address is not None:
             errors["address"] = "A register address only applies to Modbus points; clear it for DNP3."
         if self.dnp3_type == Dnp3PointType.ANALOG_OUTPUT_STATUS and self.data_type not in DNP3_ANALOG_OUTPUT_TYPES:
+            # A client that sends no data_type gets the model default, so the message names where it came from.
+            is_default = self.data_type == self._meta.get_field("data_type").default
             errors["data_type"] = (
-                f"Data type {self.data_type!r} has no DNP3 analog output block; use int32 (group 41 var 1), "
-                "int16 (var 2) or float32 (var 3)."
+                "DNP3 analog output points take data_type 'int32' (group 41 var 1), 'int16' (var 2) or "
+                f"'float32' (var 3), but this point has '{self.data_type}'"
+                f"{', the default when data_type is not given' if is_default else ''}; set data_type to one of them."
             )
 
     def _clean_modbus(self, errors):
@@ -564,7 +567,7 @@ class Point(models.Model):
         is_bit_table = self.register_type in BIT_REGISTER_TYPES
         if is_bit_table and self.data_type != DataType.BOOL:
             errors["data_type"] = (
-                f"Data type {self.data_type!r} does not fit a {self.register_type}; use 'bool' for coils "
+                f"Data type '{self.data_type}' does not fit a {self.register_type}; use 'bool' for coils "
                 "and discrete inputs."
             )
         if not is_bit_table and self.data_type == DataType.BOOL:
@@ -572,7 +575,7 @@ class Point(models.Model):
         if self.data_type == DataType.BIT and self.bit is None:
             errors["bit"] = "Data type 'bit' needs a bit index from 0 to 15."
         if self.data_type != DataType.BIT and self.bit is not None:
-            errors["bit"] = f"A bit index only applies to data type 'bit', not {self.data_type!r}; clear it."
+            errors["bit"] = f"A bit index only applies to data type 'bit', not '{self.data_type}'; clear it."
         if self.scale_factor_address is not None and is_bit_table:
             errors["scale_factor_address"] = (
                 f"A scale-factor register does not apply to a {self.register_type}; clear it."

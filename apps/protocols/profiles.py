@@ -20,6 +20,7 @@ from apps.audit import services as audit
 from apps.audit.choices import AuditAction
 from apps.sensors.choices import Quantity
 from apps.sensors.models import Sensor
+from apps.tenants.quotas import check_quota, quota_for_model
 
 from .choices import Protocol
 from .models import Device, Point
@@ -162,6 +163,10 @@ def apply_profile(profile, *, device, unit, actor):
     protocol differs from the profile's.
     """
     _check_protocol(profile, device)
+    existing_keys = set(Sensor.objects.filter(unit=unit).values_list("key", flat=True))
+    new_keys = {entry["sensor"]["key"] for entry in profile.points} - existing_keys
+    # One check for the whole import, so an over-quota error says how many sensors it would add.
+    check_quota(quota_for_model(Sensor), Sensor, adding=len(new_keys))
     result = ApplyResult()
     for entry in profile.points:
         sensor_values = {SENSOR_FIELDS[name]: value for name, value in entry["sensor"].items() if name != "key"}

@@ -5,13 +5,11 @@ after the device confirmed (or failed) the write. The confirmed value is then
 stored as a reading of the point's sensor.
 """
 
-import asyncio
 import logging
 import math
 from dataclasses import dataclass
 
 from django.db import connection
-from django.db.models import prefetch_related_objects
 
 from apps.accounts.roles import Capability, check_capability
 from apps.audit import services as audit
@@ -19,7 +17,8 @@ from apps.audit.choices import AuditAction, Outcome
 from apps.sensors.quality import is_bad, quality_label
 
 from .choices import DataType, Dnp3PointType, Protocol, RegisterType
-from .drivers.base import DeviceUnreachable, WriteRejected, get_driver
+from .drivers.base import DeviceUnreachable, WriteRejected
+from .sessions import make_driver, run_session
 from .sinks import deliver_samples
 
 logger = logging.getLogger(__name__)
@@ -55,12 +54,13 @@ def write_setpoint(point, value, *, actor):
     check_capability(actor, Capability.WRITE_SETPOINT)
     device = point.device
     value = _checked_value(point, value)
-    # The driver runs on an event loop, where the certificates could not be loaded lazily.
-    prefetch_related_objects([device], "client_certificate", "trusted_certificates")
 
-    driver = get_driver(device.protocol)(device)
+    # In a worker that polls, a Modbus write goes over the device's pooled connection (apps.protocols.sessions).
+    driver = make_driver(device)
     try:
-        written, read_back = asyncio.run(_write_and_read_back(driver, point, value))
+        previous, written, read_back = run_session(
+            driver, lambda connected: _write_and_read_back(connected, point, value)
+        )
     except (DeviceUnreachable, WriteRejected) as exc:
         error = SetpointError(f"Setpoint {value} for point {point.pk} was not written: {exc}")
         _record_failure(point, value, actor, error, response=driver.write_response)
@@ -75,7 +75,7 @@ def write_setpoint(point, value, *, actor):
             f"Setpoint {value} was sent to point {point.pk}, but reading it back failed ({reason}); "
             "check the device before writing again."
         )
-        _record_failure(point, value, actor, error, written=written, response=response)
+        _record_failure(point, value, actor, error, previous=previous, written=written, response=response)
         raise error
     expected = driver.expected_read_back(point, written)
     if expected is not None and not math.isclose(read_back.value, expected, rel_tol=1e-9, abs_tol=1e-12):
@@ -83,10 +83,10 @@ def write_setpoint(point, value, *, actor):
             f"Setpoint {value} was sent to point {point.pk} as {written}, but the device reads back "
             f"{read_back.value}; the device may clamp or reject the value, or another master writes it."
         )
-        _record_failure(point, value, actor, error, written=written, response=response)
+        _record_failure(point, value, actor, error, previous=previous, written=written, response=response)
         raise error
 
-    facts = {"written": written, "read_back": read_back.value}
+    facts = {"previous": previous, "written": written, "read_back": read_back.value}
     if response is not None:
         facts["device_response"] = response
     audit.record(
@@ -112,11 +112,11 @@ def _store_read_back(point, sample):
         logger.exception("Storing the read-back value of point %s (sensor %s) failed", point.pk, point.sensor_id)
 
 
-def _record_failure(point, value, actor, error, written=None, response=None):
+def _record_failure(point, value, actor, error, previous=None, written=None, response=None):
     logger.warning(
         "Setpoint %s for point %s (device %s) by user %s failed: %s", value, point.pk, point.device_id, actor.pk, error
     )
-    facts = {"written": written, "error": str(error)}
+    facts = {"previous": previous, "written": written, "error": str(error)}
     if response is not None:
         facts["device_response"] = response
     audit.record(
@@ -168,7 +168,9 @@ def _checked_value(point, value):
 
 
 async def _write_and_read_back(driver, point, value):
-    async with driver:
-        written = await driver.write(point, value)
-        [read_back] = await driver.read([point])
-    return written, read_back
+    """Return the value before the write (None when unreadable), the value written and the read-back sample."""
+    [before] = await driver.read([point])
+    previous = None if before.value is None or is_bad(before.quality) else before.value
+    written = await driver.write(point, value)
+    [read_back] = await driver.read([point])
+    return previous, written, read_back

@@ -6,7 +6,7 @@ never overwrites a newer live value even when workers race.
 """
 
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import cache
 
 import redis
@@ -14,11 +14,13 @@ from django.conf import settings
 
 logger = logging.getLogger(__name__)
 
+# ARGV[1] contains one "sensor_id=entry" line per sensor, and the reply lists the
+# updated sensor ids comma-separated. Two strings instead of one argument and
+# one reply element per sensor cut the client's encoding and parsing, which
+# took most of the time for batches of thousands of sensors.
 _SET_IF_NEWER = """
 local updated = {}
-for i = 1, #ARGV, 2 do
-    local field = ARGV[i]
-    local entry = ARGV[i + 1]
+for field, entry in string.gmatch(ARGV[1], '([^=\\n]+)=([^\\n]*)') do
     local current = redis.call('HGET', KEYS[1], field)
     local newer = true
     if current then
@@ -31,7 +33,7 @@ for i = 1, #ARGV, 2 do
         table.insert(updated, field)
     end
 end
-return updated
+return table.concat(updated, ',')
 """
 
 
@@ -64,11 +66,9 @@ def store_latest(schema, samples):
             newest[sample.sensor_id] = sample
     if not newest:
         return set()
-    args = []
-    for sensor_id, sample in newest.items():
-        args.extend((str(sensor_id), _encode(sample)))
-    updated = _script()(keys=[cache_key(schema)], args=args)
-    return {int(field) for field in updated}
+    lines = "\n".join(f"{sensor_id}={_encode(sample)}" for sensor_id, sample in newest.items())
+    updated = _script()(keys=[cache_key(schema)], args=[lines])
+    return {int(field) for field in updated.split(b",") if field}
 
 
 def get_latest(schema, sensor_ids):
@@ -83,7 +83,7 @@ def get_latest(schema, sensor_ids):
             continue
         epoch_ms, value, quality = entry.decode().split("|")
         latest[sensor_id] = (
-            datetime.fromtimestamp(int(epoch_ms) / 1000, tz=timezone.utc),
+            datetime.fromtimestamp(int(epoch_ms) / 1000, tz=UTC),
             float(value) if value else None,
             int(quality),
         )

@@ -9,6 +9,7 @@ for every member its table, columns, row count, size and SHA-256.
 import hashlib
 import json
 import os
+import re
 import zipfile
 from pathlib import Path
 
@@ -17,6 +18,10 @@ FORMAT_VERSION = 1
 SUPPORTED_FORMAT_VERSIONS = (1,)
 MANIFEST_NAME = "manifest.json"
 CHUNK_SIZE = 1 << 20
+# Table, column and partition names an archive may contain: what list_tables reads from a tenant schema.
+IDENTIFIER_PATTERN = re.compile(r"^[a-z_][a-z0-9_$]{0,62}$")
+# django_migrations is never archived, because the manifest's migration state replaces it.
+_NOT_ARCHIVED_TABLES = frozenset({"django_migrations"})
 
 
 class ArchiveInvalid(Exception):
@@ -94,6 +99,10 @@ def read_manifest(path):
             manifest = json.loads(archive.read(MANIFEST_NAME))
     except FileNotFoundError:
         raise ArchiveInvalid(f"Archive {path} does not exist; give the path of a file written by export_tenant.") from None
+    except IsADirectoryError:
+        raise ArchiveInvalid(f"{path} is a directory; give the path of an archive file written by export_tenant.") from None
+    except OSError as exc:
+        raise ArchiveInvalid(f"Archive {path} cannot be read ({exc}); check the path and its permissions.") from None
     except zipfile.BadZipFile as exc:
         raise ArchiveInvalid(f"{path} is not a tenant archive: it is not a valid ZIP file ({exc}).") from None
     except KeyError:
@@ -113,7 +122,69 @@ def read_manifest(path):
     for key in ("source", "migrations", "tables"):
         if key not in manifest:
             raise ArchiveInvalid(f"{path}: {MANIFEST_NAME} lacks the key {key!r}.")
+    _check_manifest_types(path, manifest)
     return manifest
+
+
+def _check_manifest_types(path, manifest):
+    """Raise ArchiveInvalid unless every manifest value that a restore uses has the type and form an export writes.
+
+    Names reach SQL only as quoted identifiers, but a restore also trusts
+    them to name tables of the new schema, so each must look like one.
+    """
+
+    def invalid(problem):
+        return ArchiveInvalid(f"{path}: {MANIFEST_NAME} is invalid: {problem}; the manifest was changed or damaged.")
+
+    def check_name(kind, value):
+        if not isinstance(value, str) or not IDENTIFIER_PATTERN.match(value):
+            raise invalid(f"{kind} {value!r} is not a table or column name of a tenant schema")
+
+    source = manifest["source"]
+    if not isinstance(source, dict) or not isinstance(source.get("schema"), str) or not isinstance(source.get("name"), str):
+        raise invalid("'source' needs the strings 'schema' and 'name'")
+    if not isinstance(source.get("settings", {}), dict):
+        raise invalid("'source.settings' is not an object")
+    migrations = manifest["migrations"]
+    if not isinstance(migrations, dict) or not all(
+        isinstance(app, str) and isinstance(names, list) and all(isinstance(name, str) for name in names)
+        for app, names in migrations.items()
+    ):
+        raise invalid("'migrations' is not an object of app names to lists of migration names")
+    tables = manifest["tables"]
+    if not isinstance(tables, list) or not all(isinstance(table, dict) for table in tables):
+        raise invalid("'tables' is not a list of objects")
+
+    seen = set()
+    for table in tables:
+        name = table.get("table")
+        check_name("table", name)
+        if name in _NOT_ARCHIVED_TABLES or name in seen:
+            raise invalid(f"table {name!r} is listed twice or is never archived")
+        seen.add(name)
+        if table.get("member") != member_name(name):
+            raise invalid(f"table {name!r} has the member {table.get('member')!r} instead of {member_name(name)!r}")
+        columns = table.get("columns")
+        if not isinstance(columns, list) or not columns or len(set(map(str, columns))) != len(columns):
+            raise invalid(f"table {name!r} has no list of distinct columns")
+        for column in columns:
+            check_name(f"column of table {name!r}", column)
+        for key in ("rows", "bytes"):
+            value = table.get(key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise invalid(f"table {name!r} has {key} {value!r}, not a count")
+        if not isinstance(table.get("sha256"), str):
+            raise invalid(f"table {name!r} has no SHA-256")
+        partitions = table.get("partitions", [])
+        if not isinstance(partitions, list):
+            raise invalid(f"'partitions' of table {name!r} is not a list")
+        for partition in partitions:
+            if not isinstance(partition, dict) or not isinstance(partition.get("bound"), str):
+                raise invalid(f"a partition of table {name!r} has no bound")
+            check_name(f"partition of table {name!r}", partition.get("name"))
+    partition_names = {partition["name"] for table in tables for partition in table.get("partitions", [])}
+    if partition_names & seen:
+        raise invalid(f"partitions {', '.join(sorted(partition_names & seen))} have the names of archived tables")
 
 
 def verify_members(path, manifest, *, expected_sha256=None):

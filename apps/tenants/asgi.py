@@ -3,8 +3,9 @@
 import logging
 
 from channels.db import database_sync_to_async
-from channels.security.websocket import WebsocketDenier
 from django_tenants.utils import get_public_schema_name, remove_www, schema_context
+
+from apps.accounts.asgi import reject_websocket
 
 from .models import Domain
 
@@ -18,20 +19,23 @@ def host_from_scope(scope):
     return ""
 
 
+# Close codes of refused handshakes, as documented in docs/accounts.md.
+CLOSE_SUSPENDED = 4403
+CLOSE_UNKNOWN_HOST = 4404
+
+
 @database_sync_to_async
 def tenant_for_host(host):
+    """Return the tenant serving ``host``, or None for unknown hosts and the public schema."""
     with schema_context(get_public_schema_name()):
         domain = Domain.objects.select_related("tenant").filter(domain=host).first()
     if domain is None or domain.tenant.schema_name == get_public_schema_name():
-        return None
-    if domain.tenant.is_suspended:
-        logger.info("WebSocket to suspended tenant schema=%s rejected", domain.tenant.schema_name)
         return None
     return domain.tenant
 
 
 class TenantWebSocketMiddleware:
-    """Put the tenant of the Host header into ``scope["tenant"]``; reject unknown hosts and suspended tenants."""
+    """Put the tenant of the Host header into ``scope["tenant"]``; close unknown hosts and suspended tenants."""
 
     def __init__(self, inner):
         self.inner = inner
@@ -41,5 +45,10 @@ class TenantWebSocketMiddleware:
         tenant = await tenant_for_host(host)
         if tenant is None:
             logger.warning("WebSocket to %s rejected: no tenant has host %r", scope.get("path"), host)
-            return await WebsocketDenier()(scope, receive, send)
+            return await reject_websocket(receive, send, CLOSE_UNKNOWN_HOST, f"No tenant at host {host[:60]!r}.")
+        if tenant.is_suspended:
+            logger.info("WebSocket to suspended tenant schema=%s rejected", tenant.schema_name)
+            return await reject_websocket(
+                receive, send, CLOSE_SUSPENDED, "Tenant suspended; contact the platform operator."
+            )
         return await self.inner(dict(scope, tenant=tenant), receive, send)

@@ -6,11 +6,14 @@ PostgreSQL COPY, so no table is ever held in memory.
 """
 
 import logging
+import re
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import psycopg
+import redis
 from django.apps import apps as django_apps
 from django.core.exceptions import ValidationError
 from django.core.management.sql import emit_post_migrate_signal
@@ -30,7 +33,9 @@ from .archive import ArchiveIncompatible, ArchiveInvalid
 from .backup_models import ExportStatus, TenantExport, TenantLifecycleEvent
 from .choices import TenantStatus
 from .models import Domain, Tenant
-from .validators import schema_name_validator, validate_domain_name
+from .redis_keys import delete_tenant_keys
+from .services import create_tenant_schema, discard_tenant
+from .validators import validate_domain_name, validate_new_schema_name
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +46,8 @@ _PROGRESS_INTERVAL = 1.0
 _MIGRATIONS_TABLE = "django_migrations"
 # How long delete_tenant waits for running writes to the schema before it gives up.
 DELETE_LOCK_TIMEOUT = "30s"
+# The only partition bound a restore accepts besides DEFAULT: a timestamp range as pg_get_expr writes it.
+_RANGE_BOUND_PATTERN = re.compile(r"^FOR VALUES FROM \('([0-9: +.-]+)'\) TO \('([0-9: +.-]+)'\)$")
 
 
 class DeletionRejected(Exception):
@@ -314,6 +321,9 @@ def check_archive(path, *, expected_sha256=None):
     manifest = archive.read_manifest(path)
     archive.verify_members(path, manifest, expected_sha256=expected_sha256)
     _check_migrations(manifest)
+    for table in manifest["tables"]:
+        for partition in table.get("partitions", []):
+            _partition_bound(table["table"], partition)
     return manifest
 
 
@@ -349,7 +359,7 @@ def restore_tenant(path, *, schema_name, domain, name=None, actor=None, expected
     """
     report = progress or (lambda message: None)
     try:
-        schema_name_validator(schema_name)
+        validate_new_schema_name(schema_name)
     except ValidationError as exc:
         raise ValidationError(f"Schema name {schema_name!r} is invalid: {exc.messages[0]}") from None
     validate_domain_name(domain)
@@ -363,13 +373,14 @@ def restore_tenant(path, *, schema_name, domain, name=None, actor=None, expected
     source = manifest["source"]
     tenant = _new_tenant(schema_name, name or source["name"], source.get("settings", {}))
     logger.info("Restoring tenant schema=%s from %s (source schema %s)", schema_name, path, source["schema"])
+    # A deleted tenant of the same schema name may have left live values, spooled readings or counters.
+    delete_tenant_keys(schema_name)
 
     tenant.save()
     try:
         Domain.objects.create(domain=domain, tenant=tenant, is_primary=True)
         report(f"Creating schema {schema_name} at the archive's migration state")
-        with connection.cursor() as cursor:
-            cursor.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema_name)).as_string(cursor.connection))
+        create_tenant_schema(tenant)
         _migrate(schema_name, _archive_targets(manifest))
         _load(tenant, path, manifest, actor=actor, report=report)
         report("Migrating to this deployment's latest migrations")
@@ -380,7 +391,8 @@ def restore_tenant(path, *, schema_name, domain, name=None, actor=None, expected
     except BaseException:
         logger.exception("Restoring tenant schema=%s from %s failed; dropping the schema", schema_name, path)
         connection.set_schema_to_public()
-        tenant.delete(force_drop=True)
+        # Drops the schema only when this run created it, never one that appeared meanwhile.
+        discard_tenant(tenant)
         raise
 
     tenant.status = TenantStatus.ACTIVE
@@ -551,16 +563,52 @@ def _create_partitions(cursor, schema, table):
         # TODO: restoring a natively partitioned archive into TimescaleDB is untested; its hypertable makes chunks itself.
         return
     for partition in table["partitions"]:
-        bound = partition["bound"]
-        if not (bound == "DEFAULT" or bound.startswith("FOR VALUES ")) or ";" in bound:
-            raise ArchiveInvalid(f"Partition {partition['name']} has an invalid bound {bound!r} in the manifest.")
+        name = partition["name"]
+        bound = _partition_bound(table["table"], partition)
         cursor.execute(
-            sql.SQL("CREATE TABLE IF NOT EXISTS {partition} PARTITION OF {parent} {bound}").format(
-                partition=sql.Identifier(schema, partition["name"]),
-                parent=sql.Identifier(schema, table["table"]),
-                bound=sql.SQL(bound),
+            "SELECT c.relispartition AND EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhrelid = c.oid "
+            "AND i.inhparent = to_regclass(%s)) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relname = %s",
+            [sql.Identifier(schema, table["table"]).as_string(cursor), schema, name],
+        )
+        existing = cursor.fetchone()
+        if existing is not None:
+            if not existing[0]:
+                raise ArchiveInvalid(
+                    f"Partition {name!r} of table {table['table']} in the manifest has the name of another table of "
+                    "the schema; the manifest was changed."
+                )
+            continue
+        cursor.execute(
+            sql.SQL("CREATE TABLE {partition} PARTITION OF {parent} {bound}").format(
+                partition=sql.Identifier(schema, name), parent=sql.Identifier(schema, table["table"]), bound=bound,
             )
         )
+
+
+def _partition_bound(table_name, partition):
+    """Return the partition's bound as SQL built from parsed timestamps, never from the manifest's text.
+
+    Accepts only DEFAULT and ``FOR VALUES FROM ('<timestamp>') TO ('<timestamp>')``
+    with time zones, as pg_get_expr writes a readings partition's bound.
+    """
+    bound = partition["bound"]
+    if bound == "DEFAULT":
+        return sql.SQL("DEFAULT")
+    match = _RANGE_BOUND_PATTERN.match(bound)
+    limits = None
+    if match is not None:
+        try:
+            limits = [datetime.fromisoformat(value) for value in match.groups()]
+        except ValueError:
+            limits = None
+    if limits is None or any(limit.tzinfo is None for limit in limits) or not limits[0] < limits[1]:
+        raise ArchiveInvalid(
+            f"Partition {partition['name']!r} of table {table_name} has the bound {bound!r} in the manifest, which "
+            "is not DEFAULT or a range of two timestamps with time zone, e.g. FOR VALUES FROM "
+            "('2026-01-05 00:00:00+00') TO ('2026-01-06 00:00:00+00'); the manifest was changed."
+        )
+    return sql.SQL("FOR VALUES FROM ({}) TO ({})").format(sql.Literal(limits[0]), sql.Literal(limits[1]))
 
 
 def _reset_sequences(cursor, schema):
@@ -701,6 +749,11 @@ def delete_tenant(tenant, *, actor, confirm, skip_export=False):
         "Deleted tenant schema=%s domains=%s by %s (export %s)",
         schema, ",".join(domains), event.actor, event.detail["export_id"] or "skipped",
     )
+    try:
+        delete_tenant_keys(schema)
+    except redis.RedisError:
+        # The tenant is gone already; provisioning or restoring this schema name deletes the keys first.
+        logger.exception("Deleting the Redis keys of deleted tenant schema=%s failed", schema)
     return event
 
 

@@ -4,7 +4,6 @@ import logging
 
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.db import transaction
 from django.http import Http404, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -12,7 +11,7 @@ from django.utils.html import format_html
 
 from .backup import DeletionRejected, delete_tenant, deletion_blockers, latest_export
 from .backup_models import ExportStatus, TenantExport
-from .backup_tasks import export_tenant_task
+from .jobs import ProvisioningConflict, request_export
 
 logger = logging.getLogger(__name__)
 
@@ -66,11 +65,12 @@ class TenantBackupAdminMixin:
     def export_view(self, request, object_id):
         tenant = self._tenant_or_404(request, object_id)
         if request.method == "POST":
-            export = TenantExport.objects.create(
-                tenant=tenant, schema_name=tenant.schema_name, tenant_name=tenant.name,
-                requested_by=f"platform:{request.user.get_username()}",
-            )
-            transaction.on_commit(lambda: export_tenant_task.delay(export.pk))
+            # The same path as the platform API, so the request is recorded in the tenant's audit trail.
+            try:
+                export = request_export(tenant, actor=request.user)
+            except ProvisioningConflict as exc:
+                messages.error(request, str(exc))
+                return HttpResponseRedirect(request.path)
             logger.info("Platform user %s requested export %s of tenant schema=%s", request.user.pk, export.pk, tenant.schema_name)
             messages.success(request, f"Export of {tenant.schema_name} queued; its progress is shown below.")
             return HttpResponseRedirect(

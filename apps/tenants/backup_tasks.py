@@ -29,6 +29,7 @@ def export_tenant_task(export_id):
     if export is None or export.tenant is None:
         logger.warning("Tenant export %s is not pending or its tenant is gone; nothing to do", export_id)
         return None
-    # TODO: a worker killed mid-export leaves the export "running" and its .partial file behind; nothing reaps them yet.
+    # A worker killed mid-export leaves the export "running" and its .partial file behind, and a redelivered task
+    # finds it not pending; tenants.recover_stuck_jobs fails it and deletes the file after the time limit.
     export_tenant(export.tenant, export_path_for(export), requested_by=export.requested_by, export=export)
     return export.status

@@ -5,6 +5,7 @@ from functools import partial
 
 from django.contrib.auth.hashers import make_password
 from django.db import IntegrityError, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from apps.audit.choices import ActorType
@@ -12,7 +13,7 @@ from apps.audit.services import Actor, record_tenant_lifecycle
 
 from .choices import ProvisioningStatus, ProvisioningStep, TenantStatus
 from .models import ProvisioningJob, Tenant
-from .services import check_provisioning_request, provision_tenant
+from .services import check_provisioning_request, discard_tenant, provision_tenant
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def request_provisioning(
                 admin_password_hash=make_password(admin_password),
                 tenant_settings=tenant_settings or {}, requested_by=actor.get_username(),
             )
-            transaction.on_commit(partial(_enqueue, job.pk))
+            transaction.on_commit(partial(enqueue_provisioning_job, job.pk))
     except IntegrityError:
         raise ProvisioningConflict(
             f"Tenant schema {schema_name!r} or domain {domain!r} is already being provisioned; "
@@ -58,13 +59,15 @@ def request_provisioning(
     return job
 
 
-def _enqueue(job_id):
+def enqueue_provisioning_job(job_id):
+    """Send the task of a pending provisioning job to the broker, counting the attempt; a failed send is logged."""
     from .tasks import provision_tenant_task
 
+    ProvisioningJob.objects.filter(pk=job_id).update(queue_attempts=F("queue_attempts") + 1, queued_at=timezone.now())
     try:
         provision_tenant_task.delay(str(job_id))
     except Exception:
-        # The job stays pending; the request is kept and can be queued again with requeue_pending_jobs().
+        # The job stays pending, and the task tenants.recover_stuck_jobs queues it again after a grace period.
         logger.exception("Queueing provisioning job %s failed; it stays pending", job_id)
 
 
@@ -86,7 +89,7 @@ def run_provisioning_job(job_id):
         return None
     if not started:
         if job.status == ProvisioningStatus.RUNNING:
-            _fail_interrupted(job)
+            fail_interrupted_job(job)
         else:
             logger.info("Provisioning job %s is already %s; not running it again", job_id, job.status)
         return job
@@ -127,25 +130,17 @@ def _platform_actor(job):
     return Actor(ActorType.USER, "", f"platform:{job.requested_by}")
 
 
-def _fail_interrupted(job):
+def fail_interrupted_job(job):
     leftover = Tenant.objects.filter(schema_name=job.schema_name, status=TenantStatus.PROVISIONING).first()
     if leftover is not None:
         logger.warning("Provisioning job %s was interrupted; dropping the half-provisioned schema %s",
                        job.pk, job.schema_name)
-        leftover.delete(force_drop=True)
+        discard_tenant(leftover)
     job.status = ProvisioningStatus.FAILED
     job.error = "The worker stopped while provisioning; nothing was kept. Request the tenant again."
     job.finished_at = timezone.now()
     job.save(update_fields=["status", "error", "finished_at"])
     logger.warning("Provisioning job %s for schema=%s marked failed after an interrupted run", job.pk, job.schema_name)
-
-
-def requeue_pending_jobs():
-    """Queue the task again for every pending job, e.g. after the broker was away; return their ids."""
-    job_ids = list(ProvisioningJob.objects.filter(status=ProvisioningStatus.PENDING).values_list("pk", flat=True))
-    for job_id in job_ids:
-        _enqueue(job_id)
-    return job_ids
 
 
 def request_export(tenant, *, actor):
@@ -164,16 +159,19 @@ def request_export(tenant, *, actor):
             tenant=tenant, schema_name=tenant.schema_name, tenant_name=tenant.name, requested_by=requested_by
         )
         record_tenant_lifecycle(tenant, "export_requested", actor=actor, detail={"export_id": export.pk})
-        transaction.on_commit(partial(_enqueue_export, export.pk))
+        transaction.on_commit(partial(enqueue_export, export.pk))
     logger.info("Export %s of tenant schema=%s requested by %s", export.pk, tenant.schema_name, requested_by)
     return export
 
 
-def _enqueue_export(export_id):
+def enqueue_export(export_id):
+    """Send the task of a pending export to the broker, counting the attempt; a failed send is logged."""
+    from .backup_models import TenantExport
     from .backup_tasks import export_tenant_task
 
+    TenantExport.objects.filter(pk=export_id).update(queue_attempts=F("queue_attempts") + 1, queued_at=timezone.now())
     try:
         export_tenant_task.delay(export_id)
     except Exception:
-        # The export stays pending and can be requested again.
+        # The export stays pending, and the task tenants.recover_stuck_jobs queues it again after a grace period.
         logger.exception("Queueing tenant export %s failed; it stays pending", export_id)

@@ -3,12 +3,9 @@
 Only the public schema's URLs (thermacore.urls_public) route here, so every
 tenant domain returns 404 for these paths. Users are the public schema's
 staff users, authenticated by their session of the platform admin or by a
-bearer token whose tenant claim is the public schema. A tenant's token names
-its own schema and gets 401 here.
-
-TODO: no endpoint issues bearer tokens for the public schema yet, because the
-token blacklist tables exist only in tenant schemas; clients log in to the
-platform admin and use its session (with its CSRF token for writes).
+bearer token whose tenant claim is the public schema, issued by the
+endpoints of apps.tenants.platform_tokens. A tenant's token names its own
+schema and gets 401 here.
 """
 
 import logging
@@ -29,6 +26,7 @@ from apps.accounts.authentication import TenantJWTAuthentication
 from .backup_models import TenantExport
 from .jobs import ProvisioningConflict, request_export, request_provisioning
 from .models import ProvisioningJob, Tenant
+from .platform_tokens import PLATFORM_TAG, is_platform_staff
 from .serializers import (
     DeleteSerializer,
     LifecycleEventSerializer,
@@ -43,8 +41,6 @@ from .services import resume_tenant, suspend_tenant, update_tenant_settings
 
 logger = logging.getLogger(__name__)
 
-PLATFORM_TAG = "platform"
-
 
 class IsPlatformStaff(BasePermission):
     """Allow active staff users of the public schema, as the platform admin site does."""
@@ -52,10 +48,9 @@ class IsPlatformStaff(BasePermission):
     message = "Only platform staff may use the platform API; log in to the platform admin with a staff account."
 
     def has_permission(self, request, view):
-        user = request.user
         if connection.schema_name != get_public_schema_name():
             return False
-        return bool(user and user.is_authenticated and user.is_active and (user.is_staff or user.is_superuser))
+        return is_platform_staff(request.user)
 
 
 class PlatformAPIMixin:

@@ -5,6 +5,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitVie
 from rest_framework.routers import SimpleRouter
 
 from .platform_api import IsPlatformStaff, ProvisioningJobViewSet, TenantExportViewSet, TenantViewSet
+from .platform_tokens import PlatformLogoutView, PlatformTokenObtainPairView, PlatformTokenRefreshView
 
 router = SimpleRouter()
 router.register("tenants", TenantViewSet, basename="platform-tenant")
@@ -12,6 +13,9 @@ router.register("provisioning-jobs", ProvisioningJobViewSet, basename="platform-
 router.register("tenant-exports", TenantExportViewSet, basename="platform-tenant-export")
 
 urlpatterns = [
+    path("v1/auth/token/", PlatformTokenObtainPairView.as_view(), name="platform-token-obtain-pair"),
+    path("v1/auth/token/refresh/", PlatformTokenRefreshView.as_view(), name="platform-token-refresh"),
+    path("v1/auth/logout/", PlatformLogoutView.as_view(), name="platform-auth-logout"),
     path("v1/", include(router.urls)),
     path(
         "schema/",

@@ -9,10 +9,37 @@ from .backup_models import TenantExport, TenantLifecycleEvent
 from .choices import ProvisioningStep
 from .models import ProvisioningJob, Tenant
 from .services import TENANT_SETTING_FIELDS
-from .validators import schema_name_validator, validate_domain_name, validate_time_zone
+from .validators import validate_domain_name, validate_new_schema_name, validate_time_zone
 
 # Settings a provisioning request may give besides the name and time zone, which are fields of their own.
 CREATION_SETTING_FIELDS = tuple(name for name in TENANT_SETTING_FIELDS if name not in ("name", "time_zone"))
+
+
+class RejectUnknownFieldsMixin:
+    """Reject a request body with fields this serializer does not accept, naming them, instead of ignoring them.
+
+    A misspelt or read-only field would otherwise be dropped silently, and
+    the client would believe it had set it.
+    """
+
+    def to_internal_value(self, data):
+        if isinstance(data, dict):
+            writable = {name for name, field in self.fields.items() if not field.read_only}
+            unknown = sorted(set(data) - writable)
+            if unknown:
+                read_only = [name for name in unknown if name in self.fields or name in self.read_only_names()]
+                others = [name for name in unknown if name not in read_only]
+                errors = {}
+                for name in read_only:
+                    errors[name] = [f"Field {name!r} is read-only here; send only {', '.join(sorted(writable))}."]
+                for name in others:
+                    errors[name] = [f"Unknown field {name!r}; send only {', '.join(sorted(writable))}."]
+                raise serializers.ValidationError(errors)
+        return super().to_internal_value(data)
+
+    def read_only_names(self):
+        """Return names the client may see but not set, e.g. a tenant's schema name on PATCH."""
+        return ()
 
 
 class TenantSerializer(serializers.ModelSerializer):
@@ -32,15 +59,18 @@ class TenantSerializer(serializers.ModelSerializer):
         return [domain.domain for domain in tenant.domains.order_by("-is_primary", "domain")]
 
 
-class TenantSettingsSerializer(serializers.ModelSerializer):
+class TenantSettingsSerializer(RejectUnknownFieldsMixin, serializers.ModelSerializer):
     """The fields platform staff may change on an existing tenant; the model's validators apply."""
 
     class Meta:
         model = Tenant
         fields = TENANT_SETTING_FIELDS
 
+    def read_only_names(self):
+        return TenantSerializer.Meta.fields
 
-class CreationSettingsSerializer(serializers.ModelSerializer):
+
+class CreationSettingsSerializer(RejectUnknownFieldsMixin, serializers.ModelSerializer):
     """Quotas and security policy given with a provisioning request; omitted fields keep their defaults."""
 
     class Meta:
@@ -48,10 +78,10 @@ class CreationSettingsSerializer(serializers.ModelSerializer):
         fields = CREATION_SETTING_FIELDS
 
 
-class TenantCreateSerializer(serializers.Serializer):
+class TenantCreateSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
     """A request to provision a tenant with its primary domain and first admin."""
 
-    schema_name = serializers.CharField(max_length=63, validators=[schema_name_validator])
+    schema_name = serializers.CharField(max_length=63, validators=[validate_new_schema_name])
     name = serializers.CharField(max_length=200)
     domain = serializers.CharField(max_length=253, validators=[validate_domain_name])
     time_zone = serializers.CharField(max_length=64, default="UTC", validators=[validate_time_zone])
@@ -59,6 +89,13 @@ class TenantCreateSerializer(serializers.Serializer):
     admin_password = serializers.CharField(write_only=True, style={"input_type": "password"})
     admin_email = serializers.EmailField(required=False, default="")
     settings = CreationSettingsSerializer(required=False)
+
+    def validate_admin_username(self, value):
+        try:
+            get_user_model().username_validator(value)
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError(f"Admin user name {value!r} is invalid: {exc.messages[0]}") from None
+        return value
 
     def validate(self, attrs):
         user = get_user_model()(username=attrs["admin_username"], email=attrs.get("admin_email", ""))
@@ -88,7 +125,7 @@ class ProvisioningJobSerializer(serializers.ModelSerializer):
         return ProvisioningStep(job.step).label
 
 
-class SuspendSerializer(serializers.Serializer):
+class SuspendSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
     reason = serializers.CharField(max_length=500, help_text="Why the tenant is suspended; shown in its audit trail.")
 
 
@@ -104,7 +141,7 @@ class TenantExportSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class DeleteSerializer(serializers.Serializer):
+class DeleteSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
     confirm = serializers.CharField(max_length=63, help_text="The tenant's schema name, typed again to confirm.")
     skip_export = serializers.BooleanField(
         default=False,

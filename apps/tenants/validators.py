@@ -1,16 +1,44 @@
+import functools
 import ipaddress
 import re
 import zoneinfo
+from importlib import resources
 
 from django.core.exceptions import ValidationError
 from django.core.validators import RegexValidator
+from django_tenants.utils import get_public_schema_name
 
 # PostgreSQL identifiers are case-folded and limited to 63 bytes; the
 # "pg_" prefix is reserved for system schemas.
-schema_name_validator = RegexValidator(
-    r"^(?!pg_)[a-z][a-z0-9_]{0,62}$",
-    "Use 1 to 63 lowercase letters, digits or underscores, starting with a letter and not with 'pg_'.",
-)
+_schema_name_pattern = RegexValidator(r"^(?!pg_)[a-z][a-z0-9_]{0,62}$")
+
+# Schemas that every PostgreSQL database has (besides the pg_* ones) and that no tenant may ever use.
+SYSTEM_SCHEMA_NAMES = frozenset({"information_schema"})
+
+
+def schema_name_validator(value):
+    """Reject names PostgreSQL cannot use for a tenant schema: bad syntax, pg_* and information_schema."""
+    try:
+        _schema_name_pattern(value)
+    except ValidationError:
+        raise ValidationError(
+            "%(value)s is not a valid schema name; use 1 to 63 lowercase letters, digits or underscores, starting "
+            "with a letter and not with 'pg_'.",
+            params={"value": repr(value)},
+        ) from None
+    if value in SYSTEM_SCHEMA_NAMES:
+        raise ValidationError(
+            "%(value)s is a PostgreSQL system schema; choose another schema name.", params={"value": repr(value)}
+        )
+
+
+def validate_new_schema_name(value):
+    """Validate the schema name of a tenant still to be created: schema_name_validator, and not the public schema."""
+    schema_name_validator(value)
+    if value == get_public_schema_name():
+        raise ValidationError(
+            "%(value)s is the platform's own schema; choose another schema name.", params={"value": repr(value)}
+        )
 
 # RFC 1123 host name: dot-separated labels of letters, digits and inner hyphens.
 HOST_NAME_PATTERN = re.compile(
@@ -18,9 +46,21 @@ HOST_NAME_PATTERN = re.compile(
 )
 
 
+@functools.cache
+def iana_time_zones():
+    """Return the zone names of the IANA time zone database that zoneinfo can load.
+
+    zoneinfo.available_timezones() also lists files of the system's zoneinfo
+    directory that are no IANA zones, such as 'localtime' (a link to the
+    host's /etc/localtime), so the list comes from the pinned tzdata package.
+    """
+    listed = resources.files("tzdata").joinpath("zones").read_text(encoding="utf-8").split()
+    return frozenset(listed) & zoneinfo.available_timezones()
+
+
 def validate_time_zone(value):
-    """Reject names that are not in the IANA time zone database, e.g. 'Mars/Olympus'."""
-    if value not in zoneinfo.available_timezones():
+    """Reject names that are not in the IANA time zone database, e.g. 'Mars/Olympus' or 'localtime'."""
+    if value not in iana_time_zones():
         raise ValidationError(
             "%(value)s is not an IANA time zone name; use a name such as 'Europe/Berlin' or 'UTC'.",
             params={"value": repr(value)},

@@ -8,7 +8,7 @@ from django.test import Client
 from apps.accounts.choices import Role
 from apps.units.models import Unit
 from tests.accounts.conftest import ROLE_PASSWORD
-from tests.conftest import SOCKET_TIMEOUT, TENANT_DOMAINS, access_token_for, admin_of
+from tests.conftest import SOCKET_TIMEOUT, TENANT_DOMAINS, access_token_for, admin_of, refusal_code
 from tests.factories import UnitFactory
 from thermacore.asgi import application
 
@@ -128,7 +128,10 @@ def test_live_pages_forbidden_for_auditor(browser_as):
     unit = UnitFactory()
     client = browser_as(Role.AUDITOR)
 
-    assert client.get("/").status_code == 403
+    start = client.get("/")
+
+    assert start.status_code == 302
+    assert start["Location"] == "/audit/"
     assert client.get(f"/units/{unit.pk}/").status_code == 403
 
 
@@ -154,12 +157,17 @@ async def test_websocket_live_values_follow_role(committed_users, django_db_bloc
     with django_db_blocker.unblock():
         communicator = await sync_to_async(_live_socket)(committed_users[role])
 
-        connected, code = await communicator.connect(timeout=SOCKET_TIMEOUT)
-        if connected:
+        if accepted:
+            connected, _ = await communicator.connect(timeout=SOCKET_TIMEOUT)
+            stays_open = await communicator.receive_nothing(timeout=0.3)
             await communicator.disconnect()
+        else:
+            code = await refusal_code(communicator)
 
-    assert connected is accepted
-    if not accepted:
+    if accepted:
+        assert connected is True
+        assert stays_open is True
+    else:
         assert code == 4403
 
 

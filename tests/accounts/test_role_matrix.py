@@ -16,8 +16,8 @@ from apps.accounts.services import create_api_key as create_api_key_service
 from apps.alarms.choices import AlarmState, Condition
 from apps.alarms.models import Alarm, AlarmRule, AlarmTransition, NotificationDelivery
 from apps.alarms.notifications import create_notification_target as create_notification_target_service
-from tests.conftest import admin_of
 from tests.accounts.routes import is_format_suffix_variant, iter_routes
+from tests.conftest import admin_of
 from tests.factories import DeviceFactory, PointFactory, SensorFactory, SiteFactory, UnitFactory
 
 ADMIN_ONLY = frozenset({Role.ADMIN})

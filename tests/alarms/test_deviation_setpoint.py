@@ -121,7 +121,7 @@ def test_late_process_reading_is_backfill(sensor, make_rule, feed):
 
 
 def test_setpoint_write_raises_deviation(
-    sensor, make_rule, feed, admin, register_server, django_capture_on_commit_callbacks  # noqa: F811
+    sensor, make_rule, feed, admin, register_server, django_capture_on_commit_callbacks
 ):
     _rule, setpoint = deviation_rule(make_rule, sensor)
     device = DeviceFactory(port=register_server.port, unit_id=1)

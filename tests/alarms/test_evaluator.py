@@ -29,7 +29,7 @@ def alarm_pushes(sensor):
         while True:
             try:
                 message = await asyncio.wait_for(layer.receive(channel), timeout=0.3)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return messages
             if message["type"] == "alarm.update":
                 messages.append(message["alarm"])

@@ -23,7 +23,7 @@ def actions_of(alarm):
     return list(alarm.transitions.values_list("action", flat=True))
 
 
-def test_one_batch_changes_many_rules(sensor, make_rule, feed, admin, alarm_pushes):  # noqa: F811
+def test_one_batch_changes_many_rules(sensor, make_rule, feed, admin, alarm_pushes):
     create_notification_target(actor=admin, name="Control room", kind="email", email="cr@example.com", min_priority="high")
     other = SensorFactory(unit=sensor.unit, minimum=0, maximum=200)
     high = make_rule(condition="hi", limit=100.0, priority="high")
@@ -131,7 +131,7 @@ def test_concurrent_evaluations_raise_one_alarm(django_db_setup, django_db_block
         try:
             both_ready.wait(timeout=5)
             evaluate_readings("alpha", [Sample(sensor.id, at(0), 105.0)], {sensor.id})
-        except Exception as exc:  # noqa: BLE001 (reported by the assert below)
+        except Exception as exc:
             errors.append(exc)
         finally:
             connection.close()

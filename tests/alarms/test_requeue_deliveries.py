@@ -60,7 +60,7 @@ def test_requeue_task_is_scheduled():
     assert entries[0]["schedule"] <= REQUEUE_GRACE_SECONDS
 
 
-def test_delivery_left_pending_is_sent(sensor, make_rule, feed, webhook, receiver, caplog):  # noqa: F811
+def test_delivery_left_pending_is_sent(sensor, make_rule, feed, webhook, receiver, caplog):
     make_rule(condition="hi", limit=100.0, priority="high")
     caplog.set_level(logging.INFO, logger="apps.alarms.notifications")
 
@@ -91,7 +91,7 @@ def test_delivery_left_pending_is_sent(sensor, make_rule, feed, webhook, receive
     assert f"Notification delivery {delivery.pk} of alarm {delivery.alarm_id} was pending" in caplog.text
 
 
-def test_requeue_waits_while_broker_down(sensor, make_rule, feed, webhook, receiver):  # noqa: F811
+def test_requeue_waits_while_broker_down(sensor, make_rule, feed, webhook, receiver):
     make_rule(condition="hi", limit=100.0, priority="high")
     with broker_down():
         feed(sensor, (at(0), 105.0))
@@ -104,7 +104,7 @@ def test_requeue_waits_while_broker_down(sensor, make_rule, feed, webhook, recei
     assert receiver.requests == []
 
 
-def test_requeue_backs_off_then_gives_up(sensor, make_rule, feed, webhook, receiver):  # noqa: F811
+def test_requeue_backs_off_then_gives_up(sensor, make_rule, feed, webhook, receiver):
     make_rule(condition="hi", limit=100.0, priority="high")
     # The broker takes every task, but no worker runs them, so the delivery never gets an attempt.
     feed(sensor, (at(0), 105.0))

@@ -28,9 +28,10 @@ from apps.audit.mixins import AuditedModelAdminMixin
 from apps.audit.models import AuditSettings
 from apps.protocols.certificates import generate_certificate, import_certificate, import_crl
 from apps.protocols.models import PollGroup
+from apps.protocols.profiles import export_profile
 from tests.audit.conftest import chain_head, entries_after
 from tests.conftest import admin_of
-from tests.factories import DeviceFactory, SensorFactory, SiteFactory, UnitFactory
+from tests.factories import DeviceFactory, PointFactory, SensorFactory, SiteFactory, UnitFactory
 from tests.protocols.test_revocation import make_ca, make_crl, pem
 
 # Admins that let a tenant admin write but do not record their changes yet, with the reason.
@@ -387,3 +388,114 @@ def test_certificate_delete_entry_hides_key(alpha_client):
     [entry] = entries_after(start)
     assert entry.changes["private_key_encrypted"] == ["[redacted]", None]
     assert certificate.private_key_encrypted not in str(entry.changes)
+
+
+def custom_admin_url_names(site):
+    """Return {url name: model label} of the pages a ModelAdmin adds in get_urls beyond Django's standard ones."""
+    found = {}
+    for model, model_admin in site._registry.items():
+        standard = {pattern.name for pattern in admin.ModelAdmin.get_urls(model_admin)}
+        for pattern in model_admin.get_urls():
+            if pattern.name not in standard:
+                found[pattern.name] = model._meta.label_lower
+    return found
+
+
+def build_profile_import():
+    """Return (url, POST data) that applies a device's own exported profile to it again through the admin page."""
+    point = PointFactory()
+    data = {"unit": point.sensor.unit_id, "profile_text": export_profile(point.device), "apply": "yes"}
+    return f"/admin/protocols/device/{point.device_id}/profile/import/", data, "protocols.device", point.device_id
+
+
+def build_password_change():
+    user = build_user()
+    data = {"password1": "Boiler-room-new-4712", "password2": "Boiler-room-new-4712", "usable_password": "true"}
+    return f"/admin/accounts/user/{user.pk}/password/", data, "accounts.user", user.pk
+
+
+# Pages that admins add beside their model pages: a case that POSTs to it, or the reason it changes nothing.
+CUSTOM_PAGE_CASES = {
+    "protocols_device_import_profile": (build_profile_import, AuditAction.OBJECTS_IMPORTED),
+    "auth_user_password_change": (build_password_change, AuditAction.OBJECT_UPDATED),
+}
+READ_ONLY_PAGES = {
+    "protocols_device_export_profile": "downloads the device's profile and changes nothing",
+    "protocols_device_export_sparkplug": "downloads the device's Sparkplug B template and changes nothing",
+    "otp_totp_totpdevice_config": "shows a TOTP device's settings and changes nothing",
+    "otp_totp_totpdevice_qrcode": "shows a TOTP device's QR code and changes nothing",
+}
+
+
+def test_custom_admin_pages_have_cases():
+    pages = set(custom_admin_url_names(admin.site))
+
+    assert sorted(pages - set(CUSTOM_PAGE_CASES) - set(READ_ONLY_PAGES)) == [], (
+        "These admin pages have no audit case; add one to CUSTOM_PAGE_CASES or READ_ONLY_PAGES."
+    )
+    assert sorted((set(CUSTOM_PAGE_CASES) | set(READ_ONLY_PAGES)) - pages) == [], "These admin pages are gone."
+
+
+@pytest.mark.parametrize("name", sorted(CUSTOM_PAGE_CASES))
+def test_custom_admin_page_writes_one_entry(alpha_client, name):
+    build, expected_action = CUSTOM_PAGE_CASES[name]
+    url, data, object_type, object_id = build()
+    start = chain_head()
+
+    response = alpha_client.post(url, data)
+
+    assert response.status_code == 302, response.context and response.context.get("issues")
+    [entry] = entries_after(start)
+    assert (entry.action, entry.object_type, entry.object_id) == (expected_action, object_type, str(object_id))
+    assert entry.actor_name == "admin"
+
+
+def changed_value(value):
+    if isinstance(value, bool):
+        return "" if value else "on"
+    if isinstance(value, int):
+        return value + 1
+    return f"{value} changed"
+
+
+def changelist_row(form):
+    """Return the POST data of one bound-to-be row of a changelist formset, with its current values."""
+    data = {}
+    for name in form.fields:
+        value = form[name].value()
+        if value is True:
+            data[f"{form.prefix}-{name}"] = "on"
+        elif value not in (None, False):
+            data[f"{form.prefix}-{name}"] = value
+    return data
+
+
+LIST_EDITABLE = sorted(label for label in AUDITED if model_admin_for(label).list_editable)
+
+
+def test_list_editable_admins_found():
+    assert "protocols.pollgroup" in LIST_EDITABLE
+
+
+@pytest.mark.parametrize("label", LIST_EDITABLE)
+def test_admin_list_editable_writes_one_entry(alpha_client, label):
+    model_admin = model_admin_for(label)
+    instances = [BUILDERS[label](), BUILDERS[label]()]
+    formset_class = model_admin.get_changelist_formset(admin_request())
+    formset = formset_class(queryset=model_admin.model.objects.filter(pk__in=[i.pk for i in instances]).order_by("pk"))
+    data = {"_save": "Save", f"{formset.prefix}-TOTAL_FORMS": "2", f"{formset.prefix}-INITIAL_FORMS": "2"}
+    for form in formset.forms:
+        data.update(changelist_row(form))
+    # Only the first row changes, so only it may be recorded.
+    field, first = model_admin.list_editable[0], formset.forms[0]
+    data[f"{first.prefix}-{field}"] = changed_value(first[field].value())
+    start = chain_head()
+
+    response = alpha_client.post(admin_url(label, ""), data)
+
+    assert response.status_code == 302, response.context and response.context["cl"].formset.errors
+    [entry] = entries_after(start)
+    assert (entry.action, entry.object_type, entry.object_id) == (
+        AuditAction.OBJECT_UPDATED, label, str(first.instance.pk),
+    )
+    assert field in entry.changes

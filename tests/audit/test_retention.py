@@ -97,6 +97,36 @@ def test_second_run_continues_chain(aged_chain, tmp_path):
     assert verify_export(folder / second_run.detail["archive_file"], folder / second_run.detail["manifest_file"])
 
 
+def test_export_after_drop_verifies_offline(aged_chain, alpha_api, tmp_path):
+    entry = archive_and_drop(cutoff=NOW - timedelta(days=90), directory=tmp_path)
+
+    response = alpha_api.get("/api/v1/audit/export/?format=csv")
+    export_path = tmp_path / "after-drop.csv"
+    export_path.write_bytes(b"".join(response.streaming_content))
+    manifest_response = alpha_api.get(response["Link"].split(">")[0].lstrip("<"))
+    manifest_path = tmp_path / "after-drop.manifest.json"
+    manifest_path.write_bytes(manifest_response.content)
+
+    assert manifest_response.json()["chain_start"] == {
+        "sequence": entry.detail["through_sequence"], "hash": entry.detail["last_dropped_hash"],
+    }
+    assert verify_export(export_path, manifest_path).startswith("OK: ")
+
+
+def test_export_after_drop_with_forged_start_fails(aged_chain, alpha_api, tmp_path):
+    archive_and_drop(cutoff=NOW - timedelta(days=90), directory=tmp_path)
+    response = alpha_api.get("/api/v1/audit/export/?format=json")
+    export_path = tmp_path / "after-drop.json"
+    export_path.write_bytes(b"".join(response.streaming_content))
+    manifest = alpha_api.get(response["Link"].split(">")[0].lstrip("<")).json()
+    manifest["chain_start"]["hash"] = "f" * 64
+    manifest_path = tmp_path / "after-drop.manifest.json"
+    manifest_path.write_text(json.dumps(manifest))
+
+    with pytest.raises(ExportInvalid, match="does not start the chain"):
+        verify_export(export_path, manifest_path)
+
+
 def test_nothing_old_drops_nothing(alpha, tmp_path):
     head = chain_head()
 

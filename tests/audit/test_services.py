@@ -3,16 +3,16 @@ import threading
 import pytest
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, ProgrammingError, connection, transaction
+from django_tenants.utils import schema_context
+from rest_framework.test import APIClient
 
+from apps.accounts.services import create_api_key
 from apps.audit.chain import GENESIS_HASH, entry_hash
 from apps.audit.choices import ActorType, AuditAction, Outcome
 from apps.audit.models import AuditEntry
 from apps.audit.services import REDACTED, Actor, AuditTarget, field_changes, hashed_values, record, snapshot
-from apps.accounts.services import create_api_key
 from apps.audit.verify import verify_chain
 from apps.units.models import Site
-from django_tenants.utils import schema_context
-from rest_framework.test import APIClient
 from tests.audit.conftest import COMMITTED_SCHEMA, chain_head, entries_after
 from tests.conftest import TENANT_DOMAINS, admin_of
 from tests.factories import SiteFactory, UnitFactory
@@ -63,6 +63,22 @@ def test_system_job_actor_without_request(head):
     assert entry.actor_id == "telemetry.ensure_partitions"
     assert entry.source_ip is None
     assert entry.request_id == ""
+
+
+def test_edge_agent_actor_recorded_and_filterable(head, alpha_api):
+    entry = record(
+        AuditAction.OBJECT_UPDATED, actor=Actor.edge_agent("gw-07", "Boiler house gateway"),
+        detail={"config_version": 12},
+    )
+
+    response = alpha_api.get("/api/v1/audit/entries/", {"actor_type": "edge_agent"})
+
+    assert (entry.actor_type, entry.actor_id, entry.actor_name) == (
+        ActorType.EDGE_AGENT, "gw-07", "Boiler house gateway",
+    )
+    assert response.status_code == 200
+    assert [row["sequence"] for row in response.json()["results"]][:1] == [entry.sequence]
+    assert verify_chain("alpha").intact
 
 
 def test_rolled_back_change_leaves_no_entry(head):

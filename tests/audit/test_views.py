@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
+from channels.testing import HttpCommunicator
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import CommandError
@@ -18,8 +19,6 @@ from django_tenants.utils import schema_context
 from rest_framework.test import APIClient
 
 from apps.audit import chain
-from channels.testing import HttpCommunicator
-from thermacore.asgi import application
 from apps.audit.chain import ExportInvalid, verify_export
 from apps.audit.choices import ActorType, AuditAction
 from apps.audit.exports import BATCH_SIZE, aiter_export, iter_export
@@ -27,6 +26,7 @@ from apps.audit.models import AuditEntry
 from apps.audit.services import Actor, record
 from tests.audit.conftest import COMMITTED_DOMAIN, COMMITTED_SCHEMA, chain_head, entries_after
 from tests.conftest import TENANT_DOMAINS, access_token_for, admin_of
+from thermacore.asgi import application
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ from paho.mqtt import publish
 
 from apps.audit.services import Actor
 from apps.protocols.certificates import generate_certificate, import_certificate
-from apps.protocols.diagnostics import TopicDiscovery
 from apps.protocols.choices import OpcUaSecurityMode, OpcUaSecurityPolicy
+from apps.protocols.diagnostics import TopicDiscovery
 from apps.protocols.models import Point
 from tests.conftest import free_port
 from tests.factories import DeviceFactory, PointFactory, SensorFactory

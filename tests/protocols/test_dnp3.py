@@ -140,6 +140,25 @@ async def test_integrity_poll_reads_floats_untruncated(dnp3_outstation):
 
 
 @pytest.mark.asyncio
+async def test_integrity_poll_maps_flags(dnp3_outstation):
+    dnp3_outstation.update(
+        (opendnp3.Analog(3.5, opendnp3.Flags(0x05)), 0),
+        (opendnp3.Binary(True, opendnp3.Flags(0xA1)), 1),
+        (opendnp3.Counter(7, opendnp3.Flags(0x41)), 2),
+    )
+    driver = Dnp3Driver(dnp3_device(dnp3_outstation), schema="alpha")
+    collector = Collector()
+
+    task = await start(driver, POINTS, collector)
+    await stop(driver, task)
+
+    latest = {sample.sensor_id: sample for sample in collector.samples}
+    assert (latest[101].value, latest[101].quality) == (None, Quality.BAD_COMM_LOST)
+    assert (latest[102].value, latest[102].quality) == (1.0, Quality.UNCERTAIN)
+    assert (latest[103].value, latest[103].quality) == (7.0, Quality.UNCERTAIN)
+
+
+@pytest.mark.asyncio
 async def test_unsolicited_events_and_flags(dnp3_outstation):
     dnp3_outstation.update((opendnp3.Analog(1.0, opendnp3.Flags(0x01)), 0))
     driver = Dnp3Driver(dnp3_device(dnp3_outstation), schema="alpha")

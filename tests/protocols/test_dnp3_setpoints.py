@@ -1,7 +1,6 @@
 """DNP3 setpoints (CROB and analog output blocks) through write_setpoint, against yadnp3 outstations on loopback."""
 
 import shutil
-import socket
 import tempfile
 import threading
 from pathlib import Path
@@ -19,6 +18,7 @@ from apps.protocols.certificates import import_certificate
 from apps.protocols.dnp3.commands import build_command
 from apps.protocols.models import Point
 from apps.protocols.services import InvalidSetpoint, SetpointError, write_setpoint
+from tests.conftest import free_port_in
 from tests.factories import DeviceFactory, PointFactory, SensorFactory
 from tests.protocols.pki import make_pki
 
@@ -30,14 +30,7 @@ ACTOR = Actor.system_job("tests.dnp3_setpoints")
 
 
 def port_in_range():
-    for port in PORTS:
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError(f"No free loopback port in {PORTS.start}-{PORTS.stop - 1}")
+    return free_port_in(PORTS)
 
 
 class _Handler(opendnp3.ICommandHandler):
@@ -322,7 +315,7 @@ def test_analog_output_needs_block_data_type(alpha):
     with pytest.raises(ValidationError) as raised:
         point.full_clean()
 
-    assert "no DNP3 analog output block" in str(raised.value.message_dict["data_type"])
+    assert "take data_type 'int32'" in str(raised.value.message_dict["data_type"])
 
 
 # DNP3 over TLS

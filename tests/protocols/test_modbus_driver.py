@@ -1,9 +1,12 @@
 """The Modbus TCP driver against a real pymodbus server on loopback."""
 
+import struct
+
 import pytest
 
 from apps.protocols.drivers.base import WriteRejected
 from apps.protocols.drivers.modbus_tcp import ModbusTcpDriver
+from apps.protocols.modbus.codec import BYTE_ORDERS, encode_value, register_count
 from apps.protocols.models import Device, Point
 from apps.sensors.quality import Quality
 
@@ -212,3 +215,87 @@ async def test_write_rejected_names_exception(register_server):
     async with ModbusTcpDriver(make_device(register_server.port)) as driver:
         with pytest.raises(WriteRejected, match=r"exception 2 \(illegal data address\)"):
             await driver.write(make_point(1, 5000), 1)
+
+
+# Values whose bytes differ, so a wrong byte or word order changes the result. The 64-bit ones
+# fit a double exactly, because setpoints pass through engineering units as floats.
+TYPE_VALUES = {
+    "int16": -12_345,
+    "uint16": 0xA1B2,
+    "int32": -123_456_789,
+    "uint32": 0xA1B2C3D4,
+    "int64": -0x0102030405060000,
+    "uint64": 0xA1B2C3D4E5F60000,
+    "float32": -1234.5,
+    "float64": 6.02214076e23,
+}
+
+
+@pytest.mark.parametrize("byte_order", BYTE_ORDERS)
+@pytest.mark.parametrize("data_type", sorted(TYPE_VALUES))
+async def test_write_and_read_every_type_and_order(register_server, data_type, byte_order):
+    value = TYPE_VALUES[data_type]
+    point = make_point(1, 100, data_type, byte_order=byte_order)
+
+    async with ModbusTcpDriver(make_device(register_server.port)) as driver:
+        written = await driver.write(point, value)
+        [sample] = await driver.read([point])
+
+    stored = register_server.get("holding", 100, register_count(data_type))
+    assert stored == encode_value(value, data_type, byte_order)
+    assert written == value
+    assert sample.value == value
+    assert sample.quality == Quality.GOOD
+
+
+@pytest.mark.parametrize("byte_order", BYTE_ORDERS)
+@pytest.mark.parametrize("data_type", sorted(TYPE_VALUES))
+async def test_read_every_type_and_order_from_input_registers(register_server, data_type, byte_order):
+    value = TYPE_VALUES[data_type]
+    register_server.set("input", 40, encode_value(value, data_type, byte_order))
+    point = make_point(1, 40, data_type, byte_order=byte_order, register_type="input")
+
+    samples, errors = await read(register_server, [point])
+
+    assert samples[0].value == value
+    assert samples[0].quality == Quality.GOOD
+    assert errors == {}
+
+
+def marker_registers(data_type, marker, byte_order):
+    """Return the registers of a SunSpec marker in ``byte_order``; NaN markers go through their bit pattern."""
+    if data_type == "float32":
+        return encode_value(struct.unpack(">I", struct.pack(">f", marker))[0], "uint32", byte_order)
+    if data_type == "float64":
+        return encode_value(struct.unpack(">Q", struct.pack(">d", marker))[0], "uint64", byte_order)
+    return encode_value(marker, data_type, byte_order)
+
+
+SUNSPEC_MARKERS = [
+    ("int16", -0x8000),
+    ("uint16", 0xFFFF),
+    ("int32", -0x80000000),
+    ("uint32", 0xFFFFFFFF),
+    ("int64", -0x8000000000000000),
+    ("uint64", 0xFFFFFFFFFFFFFFFF),
+    ("uint64", 0x7FFFFFFFFFFFFFFF),
+    ("float32", float("nan")),
+    ("float64", float("nan")),
+]
+
+
+@pytest.mark.parametrize("byte_order", BYTE_ORDERS)
+@pytest.mark.parametrize(("data_type", "marker"), SUNSPEC_MARKERS, ids=lambda item: f"{item}")
+async def test_sunspec_marker_is_bad_in_every_order(register_server, data_type, marker, byte_order):
+    register_server.set("holding", 120, marker_registers(data_type, marker, byte_order))
+    register_server.set("holding", 130, [7])
+    point = make_point(1, 120, data_type, byte_order=byte_order)
+    neighbour = make_point(2, 130)
+
+    samples, errors = await read(register_server, [point, neighbour])
+
+    assert samples[0].value is None
+    assert samples[0].quality == Quality.BAD_NOT_IMPLEMENTED
+    assert "not implemented" in errors[point.pk]
+    assert samples[1].value == 7
+    assert samples[1].quality == Quality.GOOD

@@ -2,7 +2,6 @@
 
 import asyncio
 import logging
-import socket
 import threading
 import time
 from datetime import timedelta
@@ -15,7 +14,7 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 from apps.protocols.modbus.pool import ModbusConnectionPool, poll_loop, stop_poll_loop
 from apps.protocols.models import Device
 from apps.protocols.polling import poll_device, poll_due_devices
-from tests.conftest import ServerThread
+from tests.conftest import ServerThread, free_port_in
 from tests.factories import DeviceFactory, PointFactory, SensorFactory
 
 # Ports of this module's servers; other suites running beside it use other ranges.
@@ -23,14 +22,7 @@ PORTS = range(21550, 21580)
 
 
 def port_in_range():
-    for port in PORTS:
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError(f"No free loopback port in {PORTS.start}-{PORTS.stop - 1}")
+    return free_port_in(PORTS)
 
 
 class CountingServer:

@@ -303,6 +303,47 @@ async def test_persistent_session_keeps_qos1_messages(topic_prefix):
 
 
 @pytest.mark.asyncio
+async def test_retained_message_after_reconnect_is_same_event(topic_prefix):
+    device = mqtt_device(id=31, client_id=f"tc-{topic_prefix[-30:]}")
+    points = [mqtt_point(1, f"{topic_prefix}/status/#")]
+    topic = f"{topic_prefix}/status/boiler1"
+
+    async def received_once():
+        driver = MqttDriver(device, schema="alpha")
+        collector = Collector()
+        task = await start_driver(driver, points, collector)
+        samples = await collector.wait_for(1)
+        await stop_driver(driver, task)
+        return samples[0]
+
+    await asyncio.to_thread(publish.single, topic, "0", qos=1, retain=True, hostname=MQTT_BROKER[0],
+                            port=MQTT_BROKER[1])
+    try:
+        first = await received_once()
+        again = await received_once()
+        await asyncio.to_thread(publish.single, topic, "1", qos=1, retain=True, hostname=MQTT_BROKER[0],
+                                port=MQTT_BROKER[1])
+        changed = await received_once()
+        other_device = MqttDriver(mqtt_device(id=32, client_id=f"tc2-{topic_prefix[-30:]}"), schema="alpha")
+        collector = Collector()
+        task = await start_driver(other_device, points, collector)
+        [seen_by_other] = await collector.wait_for(1)
+        await stop_driver(other_device, task)
+    finally:
+        # An empty retained message removes the retained copy from the broker.
+        await asyncio.to_thread(publish.single, topic, b"", qos=1, retain=True, hostname=MQTT_BROKER[0],
+                                port=MQTT_BROKER[1])
+
+    assert first.value == 0.0
+    assert again.value == 0.0
+    assert again.time == first.time
+    assert changed.value == 1.0
+    assert changed.time > first.time
+    assert seen_by_other.value == 1.0
+    assert seen_by_other.time > changed.time
+
+
+@pytest.mark.asyncio
 async def test_read_returns_latest_values(topic_prefix):
     driver = MqttDriver(mqtt_device(client_id=f"tc-{topic_prefix[-30:]}"), schema="alpha")
     received, silent = mqtt_point(1, f"{topic_prefix}/a"), mqtt_point(2, f"{topic_prefix}/b")

@@ -2,7 +2,6 @@
 
 import asyncio
 import shutil
-import socket
 import tempfile
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from apps.protocols.certificates import import_certificate
 from apps.protocols.drivers.base import DeviceUnreachable
 from apps.protocols.drivers.mqtt import MqttDriver
 from apps.protocols.models import Device, Point
+from tests.conftest import free_port_in
 from tests.protocols.conftest import PrivateBroker
 from tests.protocols.pki import make_pki
 from tests.protocols.test_mqtt import Collector
@@ -23,14 +23,7 @@ ACTOR = Actor.system_job("tests.mqtt_tls")
 
 
 def port_in_range():
-    for port in PORTS:
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError(f"No free loopback port in {PORTS.start}-{PORTS.stop - 1}")
+    return free_port_in(PORTS)
 
 
 def start_tls_broker(directory, pki):

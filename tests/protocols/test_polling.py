@@ -1,6 +1,8 @@
 from datetime import timedelta
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from apps.protocols.choices import DeviceStatus
@@ -256,3 +258,90 @@ def test_renaming_device_keeps_backoff(alpha):
 
     device.refresh_from_db()
     assert device.next_poll_at == backoff_until
+
+
+def _statements(queries, prefix, table):
+    return [query["sql"] for query in queries if query["sql"].lstrip().startswith(prefix) and table in query["sql"]]
+
+
+def test_batch_status_updates_fewer_than_devices(alpha, register_server):
+    devices = [DeviceFactory(port=register_server.port, unit_id=1) for _ in range(5)]
+    for device in devices:
+        PointFactory(device=device, address=0, data_type="uint16", sensor=SensorFactory(minimum=0, maximum=100))
+
+    with CaptureQueriesContext(connection) as queries:
+        summary = poll_due_devices()
+
+    device_updates = _statements(queries.captured_queries, "UPDATE", '"protocols_device"')
+    assert summary.polled == 5
+    assert summary.failed == 0
+    # One UPDATE leases the devices; the status needs fewer statements than devices.
+    assert 2 <= len(device_updates) < 5
+    assert set(Device.objects.values_list("status", flat=True)) == {DeviceStatus.ONLINE}
+    assert Reading.objects.count() == 5
+
+
+def test_unchanged_point_errors_write_nothing(alpha, register_server):
+    device = DeviceFactory(port=register_server.port, unit_id=1)
+    missing = PointFactory(device=device, address=5000, data_type="uint16", sensor=SensorFactory(minimum=None))
+    poll_due_devices()
+    Device.objects.filter(pk=device.pk).update(next_poll_at=timezone.now())
+
+    with CaptureQueriesContext(connection) as queries:
+        poll_due_devices()
+
+    missing.refresh_from_db()
+    assert missing.last_error == "holding 5000: exception 2 (illegal data address)"
+    assert _statements(queries.captured_queries, "UPDATE", '"protocols_point"') == []
+
+
+def test_failed_poll_keeps_last_seen(alpha, register_server):
+    healthy = DeviceFactory(port=register_server.port, unit_id=1)
+    PointFactory(device=healthy, address=0, data_type="uint16", sensor=SensorFactory(minimum=0, maximum=100))
+    failing = DeviceFactory(port=register_server.port, unit_id=1, timeout=0.5)
+    PointFactory(device=failing, address=1, data_type="uint16", sensor=SensorFactory(minimum=0, maximum=100))
+    poll_due_devices()
+    failing.refresh_from_db()
+    seen_online = failing.last_seen
+
+    Device.objects.filter(pk=failing.pk).update(port=free_port())
+    Device.objects.update(next_poll_at=timezone.now())
+    summary = poll_due_devices()
+
+    healthy.refresh_from_db()
+    failing.refresh_from_db()
+    assert summary.polled == 2
+    assert summary.failed == 1
+    assert seen_online is not None
+    assert failing.last_seen == seen_online
+    assert failing.status == DeviceStatus.OFFLINE
+    assert failing.error_count == 1
+    assert failing.consecutive_failures == 1
+    assert healthy.status == DeviceStatus.ONLINE
+    assert healthy.last_seen > seen_online
+    assert healthy.error_count == 0
+
+
+def test_point_added_between_polls_is_read(alpha, register_server):
+    register_server.set("holding", 7, [42])
+    device = DeviceFactory(port=register_server.port, unit_id=1)
+    PointFactory(device=device, address=0, data_type="uint16", sensor=SensorFactory(minimum=0, maximum=100))
+    poll_due_devices()
+
+    added = PointFactory(device=device, address=7, data_type="uint16", sensor=SensorFactory(minimum=0, maximum=100))
+    Device.objects.filter(pk=device.pk).update(next_poll_at=timezone.now())
+    poll_due_devices()
+
+    assert Reading.objects.get(sensor=added.sensor).value == 42
+
+
+def test_disabled_point_is_no_longer_read(alpha, register_server):
+    device = DeviceFactory(port=register_server.port, unit_id=1)
+    point = PointFactory(device=device, address=0, data_type="uint16", sensor=SensorFactory(minimum=0, maximum=100))
+    poll_due_devices()
+
+    Point.objects.filter(pk=point.pk).update(enabled=False)
+    Device.objects.filter(pk=device.pk).update(next_poll_at=timezone.now())
+    poll_due_devices()
+
+    assert Reading.objects.filter(sensor=point.sensor).count() == 1

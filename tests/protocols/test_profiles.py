@@ -1,5 +1,7 @@
 """Device profiles: parsing with line-numbered errors, shipped profiles, apply, export, command and API."""
 
+import json
+import struct
 import textwrap
 
 import pytest
@@ -20,6 +22,7 @@ from apps.protocols.profiles import (
     parse_profile,
 )
 from apps.protocols.simulator.plant import PLANT
+from apps.protocols.sparkplug_templates import sparkplug_template
 from apps.sensors.models import Sensor
 from apps.sensors.quality import Quality
 from apps.telemetry.models import Reading
@@ -221,6 +224,36 @@ def test_sunspec_profile_applies_scale_factors(alpha, register_server):
     assert value("power_factor").quality == Quality.BAD_NOT_IMPLEMENTED
 
 
+def float32_registers(*values):
+    words = struct.unpack(f">{2 * len(values)}H", struct.pack(f">{len(values)}f", *values))
+    return list(words)
+
+
+def test_eastron_profile_reads_three_phase_meter(alpha, register_server):
+    device = DeviceFactory(port=register_server.port, unit_id=1)
+    apply_profile(load_shipped_profile("eastron_sdm630"), device=device, unit=UnitFactory(), actor=ACTOR)
+    # Input registers of a loaded meter: phase voltages, currents and powers, total power, frequency, energies.
+    register_server.set("input", 0, float32_registers(230.5, 231.0, 229.5, 10.25, 11.5, 9.75, 2300, 2600, 2200))
+    register_server.set("input", 52, float32_registers(7100))
+    register_server.set("input", 70, float32_registers(50.0, 12345.5, 0.0))
+
+    poll_due_devices()
+
+    def value(key):
+        return Reading.objects.get(sensor__key=key, sensor__points__device=device)
+
+    assert value("voltage_l1").value == pytest.approx(230.5)
+    assert value("voltage_l3").value == pytest.approx(229.5)
+    assert value("current_l2").value == pytest.approx(11.5)
+    assert value("power_l3").value == pytest.approx(2200)
+    assert value("power_total").value == pytest.approx(7100)
+    assert value("frequency").value == pytest.approx(50.0)
+    assert value("import_energy").value == pytest.approx(12345.5)
+    assert value("export_energy").value == 0.0
+    assert Reading.objects.filter(sensor__points__device=device, quality=Quality.GOOD).count() == 13
+    assert register_server.read_requests() == [(4, 0, 18), (4, 52, 2), (4, 70, 6)]
+
+
 def test_command_import_and_export(alpha, tmp_path, capsys):
     device = DeviceFactory()
     unit = UnitFactory()
@@ -241,6 +274,42 @@ def test_command_reports_invalid_profile(alpha, tmp_path):
     with pytest.raises(CommandError, match="line 12, points\\[0\\].address: 'zero' is not an integer"):
         call_command("device_profile", "import", str(path), "--schema", "alpha", "--device",
                      str(DeviceFactory().pk), "--unit", str(UnitFactory().pk))
+
+
+def test_command_exports_sparkplug_template(alpha, tmp_path, capsys):
+    device = DeviceFactory(name="Meter 4")
+    apply_profile(load_shipped_profile("eastron_sdm630"), device=device, unit=UnitFactory(), actor=ACTOR)
+    path = tmp_path / "meter-template.json"
+
+    call_command("device_profile", "export", "--schema", "alpha", "--device", str(device.pk), "--format",
+                 "sparkplug", "--output", str(path))
+    call_command("device_profile", "export", "--schema", "alpha", "--device", str(device.pk), "--format",
+                 "sparkplug")
+
+    template = json.loads(path.read_text())
+    assert capsys.readouterr().out == path.read_text()
+    assert template == sparkplug_template(parse_profile(export_profile(device)))
+    assert template["name"] == "Meter 4"
+    assert template["dataType"] == "Template"
+    assert template["value"]["isDefinition"] is True
+    metrics = {metric["name"]: metric for metric in template["value"]["metrics"]}
+    assert len(metrics) == 13
+    assert metrics["power_total"]["dataType"] == "Float"
+    assert metrics["power_total"]["properties"]["engUnit"] == {"type": "String", "value": "W"}
+
+
+def test_command_sparkplug_export_without_points(alpha):
+    device = DeviceFactory()
+
+    with pytest.raises(CommandError, match=f"Device {device.pk} has no valid Sparkplug B template"):
+        call_command("device_profile", "export", "--schema", "alpha", "--device", str(device.pk), "--format",
+                     "sparkplug")
+
+
+def test_command_rejects_unknown_export_format(alpha):
+    with pytest.raises(CommandError, match="invalid choice: 'xml'"):
+        call_command("device_profile", "export", "--schema", "alpha", "--device", str(DeviceFactory().pk),
+                     "--format", "xml")
 
 
 def test_api_profile_import_and_export(alpha_api):

@@ -50,6 +50,18 @@ def test_write_setpoint_float32_cdab(alpha, register_server, operator, caplog):
     assert entry.detail["read_back"] == 12.5
 
 
+def test_write_setpoint_audits_previous_value(alpha, register_server, operator):
+    point = setpoint_point(register_server, data_type="float32", byte_order="CDAB")
+    register_server.set("holding", 100, [0x0000, 0x41A0])
+
+    write_setpoint(point, 12.5, actor=operator)
+
+    entry = AuditEntry.objects.get(action=AuditAction.SETPOINT_WRITTEN)
+    assert entry.detail["previous"] == 20.0
+    assert entry.detail["requested"] == 12.5
+    assert entry.detail["written"] == 12.5
+
+
 def test_write_setpoint_rounds_to_float32(alpha, register_server, operator):
     point = setpoint_point(register_server, data_type="float32")
 
@@ -129,6 +141,7 @@ def test_write_setpoint_unconfirmed_read_back(alpha, register_server, operator):
     entry = AuditEntry.objects.get(action=AuditAction.SETPOINT_WRITTEN)
     assert entry.outcome == Outcome.FAILURE
     assert entry.detail["written"] == 65535
+    assert entry.detail["previous"] == 0
     assert "reading it back failed" in entry.detail["error"]
 
 

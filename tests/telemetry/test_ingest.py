@@ -1,5 +1,5 @@
 import math
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from django.db import connection
@@ -11,7 +11,7 @@ from apps.telemetry.ingest import ingest
 from apps.telemetry.models import Reading
 from tests.factories import SensorFactory
 
-T0 = datetime(2026, 1, 5, 10, 0, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 5, 10, 0, 0, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -96,7 +96,7 @@ def test_ingest_rejects_unknown_sensor_and_keeps_others(sensor):
 
 
 def test_ingest_rejects_far_future(sensor):
-    future = datetime.now(timezone.utc) + timedelta(hours=2)
+    future = datetime.now(UTC) + timedelta(hours=2)
 
     result = ingest("alpha", [Sample(sensor.id, future, 1.0)])
 
@@ -112,11 +112,11 @@ def test_ingest_converts_offsets_and_naive_times_to_utc(sensor):
     ingest("alpha", [Sample(sensor.id, local, 1.0), Sample(sensor.id, naive, 2.0)])
 
     times = [row[0] for row in stored_rows(sensor)]
-    assert times == [datetime(2024, 3, 31, 1, 30, tzinfo=timezone.utc), datetime(2024, 3, 31, 2, 0, tzinfo=timezone.utc)]
+    assert times == [datetime(2024, 3, 31, 1, 30, tzinfo=UTC), datetime(2024, 3, 31, 2, 0, tzinfo=UTC)]
 
 
 def test_ingest_creates_partition_for_old_day(sensor):
-    old = datetime(2019, 5, 30, 8, 49, tzinfo=timezone.utc)
+    old = datetime(2019, 5, 30, 8, 49, tzinfo=UTC)
 
     ingest("alpha", [Sample(sensor.id, old, 5.0)])
 
@@ -124,6 +124,43 @@ def test_ingest_creates_partition_for_old_day(sensor):
         cursor.execute("SELECT to_regclass('telemetry_reading_p20190530') IS NOT NULL")
         assert cursor.fetchone()[0]
     assert stored_rows(sensor) == [(old, 5.0, Quality.GOOD)]
+
+
+def _partition_count():
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_inherits WHERE inhparent = to_regclass('telemetry_reading')"
+        )
+        return cursor.fetchone()[0]
+
+
+def test_ingest_rejects_readings_beyond_max_age(sensor):
+    ancient = [Sample(sensor.id, datetime(1901, 1, 1, tzinfo=UTC) + timedelta(days=day), 1.0) for day in range(50)]
+    recent = Sample(sensor.id, T0, 2.0)
+    partitions_before = _partition_count()
+
+    result = ingest("alpha", [*ancient, recent], spool_on_failure=False)
+
+    assert result.accepted == 1
+    assert [rejection.index for rejection in result.rejected] == list(range(50))
+    reason = result.rejected[0].reason
+    assert "1901-01-01T00:00:00+00:00" in reason
+    assert "maximum age of 3650 days" in reason
+    assert "THERMACORE_MAX_AGE_DAYS" in reason
+    assert _partition_count() - partitions_before <= 1
+    assert stored_rows(sensor) == [(T0, 2.0, Quality.GOOD)]
+
+
+def test_ingest_max_age_follows_setting(sensor, settings):
+    settings.TELEMETRY_MAX_AGE_DAYS = 2
+    three_days_ago = datetime.now(UTC) - timedelta(days=3)
+    yesterday = datetime.now(UTC) - timedelta(days=1)
+
+    result = ingest("alpha", [Sample(sensor.id, three_days_ago, 1.0), Sample(sensor.id, yesterday, 2.0)])
+
+    assert result.accepted == 1
+    assert len(result.rejected) == 1
+    assert "maximum age of 2 days" in result.rejected[0].reason
 
 
 def test_ingest_keeps_tenants_apart(sensor, beta):
@@ -156,7 +193,7 @@ def test_partition_task_creates_days_ahead(alpha, settings):
     forget_known_partitions("alpha")
     ensure_partitions_task.apply()
 
-    far_day = datetime.now(timezone.utc).date() + timedelta(days=30)
+    far_day = datetime.now(UTC).date() + timedelta(days=30)
     with connection.cursor() as cursor:
         cursor.execute("SELECT to_regclass(%s) IS NOT NULL", [partition_name(far_day)])
         assert cursor.fetchone()[0]

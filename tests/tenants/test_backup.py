@@ -494,3 +494,71 @@ def test_copied_archive_passes_checks(exported, unblocked, tmp_path):
     manifest = check_archive(moved, expected_sha256=export.checksum)
 
     assert manifest["snapshot"] == export.snapshot
+
+
+# Manifest values are data, never SQL ----------------------------------------------------------------------------
+
+
+def _first_partition(manifest):
+    table = next(table for table in manifest["tables"] if table["partitions"])
+    return table["partitions"][0]
+
+
+@pytest.mark.parametrize(
+    "bound",
+    [
+        "FOR VALUES FROM ('2026-01-01 00:00:00+00') TO ((SELECT '2026-01-02'::timestamptz FROM pg_sleep(4)))",
+        "FOR VALUES FROM ('2026-01-01 00:00:00+00') TO (pg_read_file('/etc/hostname')::timestamptz)",
+        "FOR VALUES FROM ('2026-01-01 00:00:00+00'||pg_sleep(4)) TO ('2026-01-02 00:00:00+00')",
+        "FOR VALUES FROM ('2026-01-02 00:00:00+00') TO ('2026-01-01 00:00:00+00')",
+        "FOR VALUES FROM ('2026-01-01 00:00:00') TO ('2026-01-02 00:00:00')",
+    ],
+)
+def test_restore_rejects_partition_bound_with_sql(exported, unblocked, tmp_path, bound):
+    _tenant, _export, path, _reports = exported
+    changed = _rewrite_archive(
+        path, tmp_path / "bound.zip", manifest_change=lambda manifest: _first_partition(manifest).update(bound=bound)
+    )
+    steps = []
+
+    with pytest.raises(ArchiveInvalid, match="the manifest was changed"):
+        restore_tenant(changed, schema_name="bk_fail", domain="bk-fail.localhost", progress=steps.append)
+
+    # Rejected while checking the archive, before a schema existed that could run SQL.
+    assert steps == [f"Verifying {changed}"]
+    assert not schema_exists("bk_fail")
+    assert not Tenant.objects.filter(schema_name="bk_fail").exists()
+
+
+def _rename_table(manifest, old, new):
+    table = next(table for table in manifest["tables"] if table["table"] == old)
+    table["table"] = new
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda manifest: _first_partition(manifest).update(name="units_unit"), "have the names of archived tables"),
+        (lambda manifest: _first_partition(manifest).update(name='p"; DROP SCHEMA public; --'), "is not a table"),
+        (lambda manifest: _rename_table(manifest, "units_unit", "django_migrations"), "never archived"),
+        (lambda manifest: manifest["tables"][0]["columns"].append("id); SELECT pg_sleep(4); --"), "is not a table"),
+        (lambda manifest: manifest["tables"][0].update(rows="12"), "not a count"),
+        (lambda manifest: manifest.update(tables={"units_unit": {}}), "'tables' is not a list"),
+        (lambda manifest: manifest["tables"].append(dict(manifest["tables"][0])), "listed twice"),
+    ],
+)
+def test_restore_rejects_malformed_manifest(exported, unblocked, tmp_path, change, message):
+    _tenant, _export, path, _reports = exported
+    changed = _rewrite_archive(path, tmp_path / "names.zip", manifest_change=change)
+
+    with pytest.raises(ArchiveInvalid, match=message):
+        restore_tenant(changed, schema_name="bk_fail", domain="bk-fail.localhost")
+
+    assert not schema_exists("bk_fail")
+
+
+def test_restore_command_rejects_directory(unblocked, tmp_path):
+    with pytest.raises(CommandError, match="is a directory"):
+        call_command("restore_tenant", str(tmp_path), "--schema", "bk_fail", "--domain", "bk-fail.localhost")
+
+    assert not schema_exists("bk_fail")

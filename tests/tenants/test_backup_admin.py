@@ -10,7 +10,7 @@ from tests.conftest import ADMIN_PASSWORD
 from tests.tenants.test_admin import platform_client  # noqa: F401 (fixture used here)
 
 
-def test_tenant_page_links_export_and_delete(platform_client):  # noqa: F811
+def test_tenant_page_links_export_and_delete(platform_client):
     alpha = Tenant.objects.get(schema_name="alpha")
 
     response = platform_client.get(f"/admin/tenants/tenant/{alpha.pk}/change/")
@@ -21,7 +21,7 @@ def test_tenant_page_links_export_and_delete(platform_client):  # noqa: F811
     assert "no export yet" in response.text
 
 
-def test_export_page_queues_export_with_progress(platform_client, settings, tmp_path):  # noqa: F811
+def test_export_page_queues_export_with_progress(platform_client, settings, tmp_path):
     settings.TENANT_EXPORT_DIR = tmp_path
     alpha = Tenant.objects.get(schema_name="alpha")
 
@@ -42,7 +42,7 @@ def test_export_page_queues_export_with_progress(platform_client, settings, tmp_
     assert export.checksum in listing.text
 
 
-def test_standard_delete_is_forbidden(platform_client):  # noqa: F811
+def test_standard_delete_is_forbidden(platform_client):
     alpha = Tenant.objects.get(schema_name="alpha")
 
     response = platform_client.post(f"/admin/tenants/tenant/{alpha.pk}/delete/", {"post": "yes"})
@@ -51,7 +51,7 @@ def test_standard_delete_is_forbidden(platform_client):  # noqa: F811
     assert schema_exists("alpha")
 
 
-def test_delete_page_rejects_then_skips_export(platform_client):  # noqa: F811
+def test_delete_page_rejects_then_skips_export(platform_client):
     tenant = provision_tenant(
         schema_name="bk_adm", name="Bk Adm", domain="bk-adm.localhost", admin_username="admin",
         admin_password=ADMIN_PASSWORD,

@@ -39,6 +39,7 @@ from thermacore.celery import app
 PLATFORM_TASKS = {
     "tenants.provision",
     "tenants.export",
+    "tenants.recover_stuck_jobs",
 }
 # An id that no table of the test database reaches, for tasks that take the id of a tenant's row.
 MISSING_ID = 2_000_000_007

@@ -12,10 +12,11 @@ from rest_framework_simplejwt.tokens import AccessToken
 from apps.accounts.tokens import TENANT_CLAIM
 from apps.audit.choices import AuditAction
 from apps.audit.models import AuditEntry
+from apps.telemetry import latest
 from apps.tenants.choices import ProvisioningStatus, TenantStatus
 from apps.tenants.jobs import run_provisioning_job
 from apps.tenants.models import Domain, ProvisioningJob, Tenant
-from apps.tenants.services import ensure_public_tenant
+from apps.tenants.services import create_tenant_schema, ensure_public_tenant
 from tests.conftest import ADMIN_PASSWORD, TENANT_DOMAINS, access_token_for, admin_of
 
 PLATFORM_HOST = "platform.localhost"
@@ -205,6 +206,8 @@ def test_create_returns_202_with_pending_job(staff_api, django_capture_on_commit
 
 
 def test_create_provisions_and_reports_progress(staff_api, eager_tasks, job_steps, django_capture_on_commit_callbacks):
+    # A deleted tenant of the same schema name left a live value behind.
+    latest.get_client().hset(latest.cache_key("gamma"), "1", "1700000000000|99.0|0")
     with django_capture_on_commit_callbacks(execute=True):
         response = staff_api.post(TENANTS_URL, NEW_TENANT, format="json")
     job_url = response["Location"]
@@ -235,6 +238,7 @@ def test_create_provisions_and_reports_progress(staff_api, eager_tasks, job_step
         ({"event": "provisioned", "domain": "gamma.localhost", "admin_username": "gamma-admin"},
          "platform:platform-staff"),
     ]
+    assert latest.get_latest("gamma", [1]) == {}
 
     token = APIClient(HTTP_HOST="gamma.localhost").post(
         "/api/v1/auth/token/", {"username": "gamma-admin", "password": NEW_TENANT["admin_password"]}, format="json"
@@ -280,8 +284,8 @@ def test_interrupted_job_is_failed_and_cleaned(platform):
     leftover = Tenant(schema_name="delta", name="Delta", status=TenantStatus.PROVISIONING)
     leftover.auto_create_schema = False
     leftover.save()
+    create_tenant_schema(leftover)
     with connection.cursor() as cursor:
-        cursor.execute("CREATE SCHEMA delta")
         cursor.execute("CREATE TABLE delta.half_migrated (id integer)")
 
     result = run_provisioning_job(job.pk)
@@ -290,6 +294,25 @@ def test_interrupted_job_is_failed_and_cleaned(platform):
     assert "Request the tenant again" in result.error
     assert not Tenant.objects.filter(schema_name="delta").exists()
     assert not schema_exists("delta")
+
+
+def test_interrupted_job_keeps_foreign_schema(platform):
+    job = ProvisioningJob.objects.create(
+        schema_name="delta", name="Delta", domain="delta.localhost", admin_username="admin",
+        admin_password_hash="md5$x$y", requested_by="platform-staff", status=ProvisioningStatus.RUNNING,
+    )
+    # The worker died before it created the schema, and someone else created one of that name since.
+    leftover = Tenant(schema_name="delta", name="Delta", status=TenantStatus.PROVISIONING)
+    leftover.auto_create_schema = False
+    leftover.save()
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE SCHEMA delta")
+
+    result = run_provisioning_job(job.pk)
+
+    assert result.status == ProvisioningStatus.FAILED
+    assert not Tenant.objects.filter(schema_name="delta").exists()
+    assert schema_exists("delta")
 
 
 @pytest.mark.parametrize(
@@ -375,12 +398,73 @@ def test_update_rejects_invalid_values(staff_api, changes, field):
     assert lifecycle_events("alpha") == before
 
 
-def test_update_without_known_field_is_rejected(staff_api):
-    response = staff_api.patch(f"{TENANTS_URL}alpha/", {"status": "suspended"}, format="json")
+def test_update_without_field_is_rejected(staff_api):
+    response = staff_api.patch(f"{TENANTS_URL}alpha/", {}, format="json")
 
     assert response.status_code == 400
     assert "changes nothing" in response.json()[0]
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "message"),
+    [
+        ({"status": "suspended"}, "status", "read-only"),
+        ({"schema_name": "alpha2"}, "schema_name", "read-only"),
+        ({"max_devices": 5, "max_device": 6}, "max_device", "Unknown field"),
+    ],
+)
+def test_update_rejects_unknown_and_read_only_fields(staff_api, changes, field, message):
+    before = lifecycle_events("alpha")
+
+    response = staff_api.patch(f"{TENANTS_URL}alpha/", changes, format="json")
+
+    assert response.status_code == 400
+    assert message in response.json()[field][0]
+    alpha = Tenant.objects.get(schema_name="alpha")
+    assert alpha.status == TenantStatus.ACTIVE
+    assert alpha.max_devices is None
+    assert lifecycle_events("alpha") == before
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "message"),
+    [
+        ({"settings": {"max_devices": 5, "unknown_key": 1}}, "settings", "unknown_key"),
+        ({"tenant_status": "active"}, "tenant_status", "Unknown field"),
+        ({"admin_username": "a b/c"}, "admin_username", "'a b/c'"),
+        ({"time_zone": "localtime"}, "time_zone", "'localtime'"),
+        ({"time_zone": "posixrules"}, "time_zone", "'posixrules'"),
+    ],
+)
+def test_create_names_rejected_field(staff_api, changes, field, message):
+    response = staff_api.post(TENANTS_URL, {**NEW_TENANT, **changes}, format="json")
+
+    assert response.status_code == 400
+    assert message in str(response.json()[field])
+    assert not ProvisioningJob.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("action", "body", "field"),
+    [
+        ("suspend", {"reason": "Unpaid invoice", "until": "2027-01-01"}, "until"),
+        ("delete", {"confirm": "alpha", "skip_exports": True}, "skip_exports"),
+    ],
+)
+def test_actions_reject_unknown_fields(staff_api, action, body, field):
+    response = staff_api.post(f"{TENANTS_URL}alpha/{action}/", body, format="json")
+
+    assert response.status_code == 400
+    assert "Unknown field" in response.json()[field][0]
     assert Tenant.objects.get(schema_name="alpha").status == TenantStatus.ACTIVE
+
+
+def test_update_rejects_localtime_zone(staff_api):
+    response = staff_api.patch(f"{TENANTS_URL}alpha/", {"time_zone": "localtime"}, format="json")
+
+    assert response.status_code == 400
+    assert "'localtime'" in response.json()["time_zone"][0]
+    assert Tenant.objects.get(schema_name="alpha").time_zone == "UTC"
 
 
 def test_unknown_tenant_gets_404(staff_api):

@@ -96,8 +96,26 @@ def test_profile_import_over_sensor_quota_creates_nothing(alpha_api, alpha_setti
 
     assert response.status_code == 403
     assert response.data["detail"].startswith("Quota max_sensors exceeded: tenant 'alpha' may have at most 1 sensors.")
+    assert "It has 0, and this request would add 2; nothing was created." in response.data["detail"]
     assert Sensor.objects.count() == 0
     assert Point.objects.count() == 0
+
+
+def test_profile_import_counts_only_new_sensors(alpha_api, alpha_settings):
+    device = DeviceFactory()
+    unit = UnitFactory()
+    SensorFactory(unit=unit, key="supply_temp")
+    SensorFactory()
+    alpha_settings(max_sensors=2)
+
+    response = alpha_api.post(f"/api/v1/devices/{device.pk}/profile/", {"unit": unit.pk, "profile": PROFILE},
+                              format="json")
+
+    # supply_temp exists in the unit, so only return_temp would be new: one sensor, the single-row message.
+    assert response.status_code == 403
+    assert "may have at most 2 sensors" in response.data["detail"]
+    assert "would add" not in response.data["detail"]
+    assert Sensor.objects.count() == 2
 
 
 def test_profile_update_within_quota_passes(alpha_api, alpha_settings):

@@ -6,8 +6,9 @@ from django_tenants.utils import schema_exists
 
 from apps.accounts.choices import Role
 from apps.accounts.roles import capabilities_of
-from apps.tenants.choices import TenantStatus
-from apps.tenants.models import Tenant
+from apps.tenants.choices import ProvisioningStep, TenantStatus
+from apps.tenants.models import Domain, Tenant
+from apps.tenants.quotas import QuotaExceeded
 from apps.tenants.services import provision_tenant
 from tests.conftest import ADMIN_PASSWORD
 
@@ -23,13 +24,32 @@ def test_provisioned_admin_has_admin_role(alpha):
 def test_provision_with_invalid_admin_leaves_no_schema(django_db_setup, django_db_blocker):
     with django_db_blocker.unblock():
         connection.set_schema_to_public()
-        with pytest.raises(ValueError, match="username"):
+        with pytest.raises(ValidationError, match="Admin user name '' is invalid"):
             provision_tenant(
                 schema_name="halfway", name="Halfway", domain="halfway.localhost",
                 admin_username="", admin_password=ADMIN_PASSWORD,
             )
 
         assert not Tenant.objects.filter(schema_name="halfway").exists()
+        assert not schema_exists("halfway")
+
+
+def test_admin_rejected_mid_way_leaves_no_schema(django_db_setup, django_db_blocker):
+    def lower_quota_at_admin_step(step):
+        # The operator lowers the user quota while the schema is being migrated, so the admin is rejected.
+        if step == ProvisioningStep.ADMIN:
+            Tenant.objects.filter(schema_name="halfway").update(max_users=0)
+
+    with django_db_blocker.unblock():
+        connection.set_schema_to_public()
+        with pytest.raises(QuotaExceeded, match="max_users"):
+            provision_tenant(
+                schema_name="halfway", name="Halfway", domain="halfway.localhost",
+                admin_username="admin", admin_password=ADMIN_PASSWORD, on_step=lower_quota_at_admin_step,
+            )
+
+        assert not Tenant.objects.filter(schema_name="halfway").exists()
+        assert not Domain.objects.filter(domain="halfway.localhost").exists()
         assert not schema_exists("halfway")
 
 

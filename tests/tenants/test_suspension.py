@@ -14,7 +14,7 @@ from apps.tenants.models import Tenant
 from apps.tenants.scheduler import ActiveTenantScheduler
 from apps.tenants.services import resume_tenant, suspend_tenant
 from apps.units.models import Unit
-from tests.conftest import ADMIN_PASSWORD, SOCKET_TIMEOUT, TENANT_DOMAINS, access_token_for, admin_of
+from tests.conftest import ADMIN_PASSWORD, TENANT_DOMAINS, access_token_for, admin_of, refusal_code
 from tests.factories import UnitFactory
 from thermacore.asgi import application
 
@@ -162,6 +162,6 @@ async def test_suspended_tenant_refuses_websocket(committed_suspended_beta, djan
         (b"authorization", f"Bearer {committed_suspended_beta}".encode()),
     ]
     with django_db_blocker.unblock():
-        connected, _ = await WebsocketCommunicator(application, "/ws/live/", headers=headers).connect(timeout=SOCKET_TIMEOUT)
+        code = await refusal_code(WebsocketCommunicator(application, "/ws/live/", headers=headers))
 
-    assert connected is False
+    assert code == 4403

@@ -152,7 +152,7 @@ class Dnp3Driver(SubscriptionDriver):
         self.master.Enable()
         try:
             await asyncio.wait_for(asyncio.shield(self._opened), self.device.timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             # A caller whose connect() failed does not call close(), so the channel and TLS files go here.
             await self.close()
             raise DeviceUnreachable(
@@ -196,7 +196,7 @@ class Dnp3Driver(SubscriptionDriver):
         try:
             # Select before operate takes two round trips.
             summary, results = await asyncio.wait_for(finished, self.device.timeout * 2 + 1)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise DeviceUnreachable(f"No response to {command.description} on {target}.") from None
         finally:
             self._command_callbacks.remove(on_result)
@@ -244,7 +244,7 @@ class Dnp3Driver(SubscriptionDriver):
                 )
         try:
             await asyncio.wait_for(asyncio.gather(*waiting), self.device.timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             logger.warning(
                 "Schema %s device %s: DNP3 outstation %s sent no output status within %s s",
                 self.schema, self.device.pk, self.address, self.device.timeout,

@@ -4,7 +4,9 @@ Nearby points of the same register table are read in one request of at most
 125 registers (2000 bits). When a device rejects a block with an exception response,
 the points of that block are read one by one, so that only the points the
 device really rejects are marked bad. SunSpec scale-factor registers are read
-in the same pass as the points that use them.
+in the same pass as the points that use them. A reply that cannot belong to its
+request (transaction id 0, another function code, another item count) is never
+taken as data: it fails the request like a transport error.
 """
 
 import asyncio
@@ -26,6 +28,7 @@ from .base import DeviceUnreachable, Driver, WriteRejected, register_driver
 logger = logging.getLogger(__name__)
 
 BIT_REGISTER_TYPES = (RegisterType.COIL, RegisterType.DISCRETE)
+READ_FUNCTION_CODES = {RegisterType.COIL: 1, RegisterType.DISCRETE: 2, RegisterType.HOLDING: 3, RegisterType.INPUT: 4}
 
 MAX_REGISTERS_PER_REQUEST = 125
 MAX_BITS_PER_REQUEST = 2000
@@ -107,8 +110,15 @@ class ModbusTcpDriver(Driver):
     def __init__(self, device, *, client=None):
         """``client`` is a connected client of a pool (apps.protocols.modbus.pool), which close() leaves open."""
         super().__init__(device)
+        self.client = None
+        self._owns_client = True
+        if client is not None:
+            self.attach(client)
+
+    def attach(self, client):
+        """Use ``client``, a connected client of a pool, for the following requests; close() leaves it open."""
         self.client = client
-        self._owns_client = client is None
+        self._owns_client = False
 
     async def connect(self):
         if self.client is None:
@@ -188,19 +198,27 @@ class ModbusTcpDriver(Driver):
         unit = self.device.unit_id
         try:
             if register_type == RegisterType.HOLDING:
-                return await self.client.read_holding_registers(address, count=count, device_id=unit)
-            if register_type == RegisterType.INPUT:
-                return await self.client.read_input_registers(address, count=count, device_id=unit)
-            if register_type == RegisterType.COIL:
-                return await self.client.read_coils(address, count=count, device_id=unit)
-            if register_type == RegisterType.DISCRETE:
-                return await self.client.read_discrete_inputs(address, count=count, device_id=unit)
+                response = await self.client.read_holding_registers(address, count=count, device_id=unit)
+            elif register_type == RegisterType.INPUT:
+                response = await self.client.read_input_registers(address, count=count, device_id=unit)
+            elif register_type == RegisterType.COIL:
+                response = await self.client.read_coils(address, count=count, device_id=unit)
+            elif register_type == RegisterType.DISCRETE:
+                response = await self.client.read_discrete_inputs(address, count=count, device_id=unit)
+            else:
+                raise ValueError(f"Unknown register type {register_type!r}; use holding, input, coil or discrete.")
         except TRANSPORT_ERRORS as exc:
             raise DeviceUnreachable(
                 f"No response from {self.device.host}:{self.device.port} unit {unit} "
                 f"to {register_type} {address}+{count}: {exc}"
             ) from exc
-        raise ValueError(f"Unknown register type {register_type!r}; use holding, input, coil or discrete.")
+        mismatch = _reply_mismatch(response, register_type, count)
+        if mismatch:
+            raise DeviceUnreachable(
+                f"Reply from {self.device.host}:{self.device.port} unit {unit} to {register_type} {address}+{count} "
+                f"does not belong to the request: {mismatch}; the connection is dropped."
+            )
+        return response
 
     def _sample(self, point, result, scale_factor_result):
         if result.exception_code is not None:
@@ -267,9 +285,8 @@ class ModbusTcpDriver(Driver):
         Mask write (function 22) would avoid that, but many devices do not implement it.
         """
         unit = self.device.unit_id
-        response = await self._checked(
-            self.client.read_holding_registers(point.address, count=1, device_id=unit), point, "read before write"
-        )
+        # _request rejects a reply that belongs to no request, which would change the other bits.
+        response = await self._checked(self._request(RegisterType.HOLDING, point.address, 1), point, "read before write")
         word = response.registers[0]
         mask = 1 << point.bit
         # BADC stores the register with its two bytes swapped, so bit n sits at n ^ 8.
@@ -297,6 +314,11 @@ class ModbusTcpDriver(Driver):
                 f"{action.capitalize()} of {point.register_type} {point.address} on device {self.device.name} "
                 f"failed: {exc}"
             ) from exc
+        if response.transaction_id == 0:
+            raise DeviceUnreachable(
+                f"Reply from device {self.device.name} to the {action} of {point.register_type} {point.address} "
+                "has transaction id 0, which matches no request of this client; the connection is dropped."
+            )
         if response.isError():
             raise WriteRejected(
                 f"Device {self.device.name} rejected the {action} of {point.register_type} {point.address} "
@@ -321,6 +343,29 @@ def _scale_factor(point, result):
             "check scale_factor_address"
         )
     return scale_factor, Quality.GOOD, ""
+
+
+def _reply_mismatch(response, register_type, count):
+    """Return why ``response`` cannot be the reply to a read of ``count`` items, or "" when it can.
+
+    pymodbus 3.16 skips replies whose transaction id differs from the request's, but it lets
+    id 0 through. Its TCP client never sends id 0, so such a reply is stale or another client's.
+    """
+    if response.transaction_id == 0:
+        return "transaction id 0 matches no request of this client"
+    expected_code = READ_FUNCTION_CODES[register_type]
+    if response.function_code & 0x7F != expected_code:
+        return f"function code {response.function_code} answers no function {expected_code} request"
+    if response.isError():
+        return ""
+    if register_type in BIT_REGISTER_TYPES:
+        # Bits arrive in whole bytes, so up to 7 padding bits follow the requested ones.
+        received, fits = len(response.bits), count <= len(response.bits) < count + 8
+    else:
+        received, fits = len(response.registers), len(response.registers) == count
+    if not fits:
+        return f"{received} values for {count} requested"
+    return ""
 
 
 def _exception_text(code):

@@ -14,15 +14,22 @@ that is deleted right after loading. The broker's host name is checked unless
 
 Paho calls back from its network thread; decoding happens there and the samples are
 handed to the event loop with ``call_soon_threadsafe``.
+
+The broker sends a topic's retained message again on every subscribe, so after each
+reconnect. A copy of a message already received keeps the arrival time it first had
+(``RetainedMessageTimes``), which makes its samples the same readings as before, and ingest
+stores nothing twice. A device that went offline thus does not look fresh after a reconnect.
 """
 
 import asyncio
+import hashlib
 import logging
 import os
 import ssl
 import tempfile
 import threading
 import time
+from collections import OrderedDict
 from datetime import datetime, timezone
 
 import paho.mqtt.client as mqtt
@@ -38,6 +45,43 @@ logger = logging.getLogger(__name__)
 KEEPALIVE_SECONDS = 30
 # At most this many malformed-payload warnings per device and minute; the rest are only counted.
 MALFORMED_LOG_LIMIT_PER_MINUTE = 20
+
+
+class RetainedMessageTimes:
+    """First arrival time of recent payloads per (schema, device id, topic), shared by the driver instances of a process.
+
+    The gateway builds a new driver for every reconnect, so the times outlive a driver. A
+    process restart forgets them, and then one retained copy is stored once more.
+    """
+
+    # Payloads remembered per topic: the broker's retained copy may be older than the last live message.
+    PAYLOADS_PER_TOPIC = 4
+
+    def __init__(self, max_topics=100_000):
+        self.max_topics = max_topics
+        self._times = OrderedDict()
+        self._lock = threading.Lock()
+
+    def arrival_time(self, key, payload, received_at, *, retained):
+        """Return the time of the message: its first arrival for a retained copy seen before, else ``received_at``."""
+        digest = hashlib.sha256(payload).digest()
+        with self._lock:
+            seen = self._times.get(key)
+            if seen is None:
+                seen = self._times[key] = OrderedDict()
+                if len(self._times) > self.max_topics:
+                    self._times.popitem(last=False)
+            self._times.move_to_end(key)
+            if retained and digest in seen:
+                return seen[digest]
+            seen[digest] = received_at
+            seen.move_to_end(digest)
+            if len(seen) > self.PAYLOADS_PER_TOPIC:
+                seen.popitem(last=False)
+            return received_at
+
+
+retained_message_times = RetainedMessageTimes()
 
 
 @register_driver
@@ -87,12 +131,12 @@ class MqttDriver(SubscriptionDriver):
                 asyncio.to_thread(self.client.connect, self.device.host, self.device.port, KEEPALIVE_SECONDS),
                 self.device.timeout,
             )
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             raise DeviceUnreachable(f"Cannot connect to MQTT broker {address}: {exc or 'timed out'}") from exc
         self.client.loop_start()
         try:
             await asyncio.wait_for(asyncio.shield(self._connect_result), self.device.timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise DeviceUnreachable(
                 f"MQTT broker {address} did not acknowledge the connection within {self.device.timeout} s."
             ) from None
@@ -258,6 +302,8 @@ class MqttDriver(SubscriptionDriver):
                 )
                 client.publish(decoded.rebirth_topic, rebirth_request(received_at), qos=0)
         else:
+            key = (self.schema, self.device.pk, message.topic)
+            received_at = retained_message_times.arrival_time(key, message.payload, received_at, retained=message.retain)
             decoded = decode_message(message.topic, message.payload, self._plain_points, received_at)
         for reason in decoded.errors:
             self._count_malformed(message.topic, reason)

@@ -216,6 +216,15 @@ def poll_loop():
         return _poll_loop
 
 
+def running_poll_loop():
+    """Return this process's poll loop if a poll already started it, else None; never start one."""
+    with _poll_loop_lock:
+        handle = _poll_loop
+    if handle is None or handle.pid != os.getpid() or not handle.thread.is_alive():
+        return None
+    return handle
+
+
 def run_on_poll_loop(coroutine_function, *args):
     """Run ``coroutine_function(pool, *args)`` on the poll loop and return its concurrent.futures.Future."""
     handle = poll_loop()

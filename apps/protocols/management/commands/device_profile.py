@@ -8,16 +8,18 @@ from django_tenants.utils import schema_context
 from apps.audit.services import Actor
 from apps.protocols.models import Device
 from apps.protocols.profiles import ProfileError, apply_profile, export_profile, load_shipped_profile, parse_profile
+from apps.protocols.sparkplug_templates import sparkplug_template_json
 from apps.tenants.models import Tenant
 from apps.units.models import Unit
 
 COMMAND_ACTOR = "manage.py device_profile"
+EXPORT_FORMATS = ("yaml", "sparkplug")
 
 
 class Command(BaseCommand):
     help = (
         "Import a device profile (YAML or JSON) into a device and unit of a tenant, or export a device's points "
-        "as a profile."
+        "as a profile or as a Sparkplug B template definition."
     )
 
     def add_arguments(self, parser):
@@ -28,9 +30,16 @@ class Command(BaseCommand):
         importing.add_argument("--schema", required=True, help="Tenant schema, e.g. 'alpha'.")
         importing.add_argument("--device", type=int, required=True, help="Id of the device that gets the points.")
         importing.add_argument("--unit", type=int, required=True, help="Id of the unit that gets the sensors.")
-        exporting = subcommands.add_parser("export", help="Write a device's points as a profile.")
+        exporting = subcommands.add_parser(
+            "export", help="Write a device's points as a profile or as a Sparkplug B template definition."
+        )
         exporting.add_argument("--schema", required=True, help="Tenant schema, e.g. 'alpha'.")
         exporting.add_argument("--device", type=int, required=True, help="Id of the device to export.")
+        exporting.add_argument(
+            "--format", choices=EXPORT_FORMATS, default="yaml",
+            help="'yaml' (default): the device profile; 'sparkplug': the Sparkplug B template definition as JSON, "
+                 "the same as the admin's download.",
+        )
         exporting.add_argument("--output", help="File to write; default: standard output.")
 
     def handle(self, *args, **options):
@@ -61,6 +70,12 @@ class Command(BaseCommand):
     def _export(self, options):
         device = self._get(Device, options["device"], "--device")
         text = export_profile(device)
+        if options["format"] == "sparkplug":
+            try:
+                text = sparkplug_template_json(parse_profile(text))
+            except ProfileError as exc:
+                # A device without points, or with points that fail validation, has no template.
+                raise CommandError(f"Device {device.pk} has no valid Sparkplug B template: {exc}") from exc
         if options["output"]:
             Path(options["output"]).write_text(text, encoding="utf-8")
         else:

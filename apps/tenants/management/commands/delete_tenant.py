@@ -29,7 +29,10 @@ class Command(BaseCommand):
             raise CommandError(f"{actor!r} is not an active platform superuser; pass one with --actor.")
         if confirm is None:
             warning = " WITHOUT an export: its data will be lost" if skip_export else ""
-            confirm = input(f"Delete tenant {schema_name!r}{warning}? Type the schema name to confirm: ")
+            try:
+                confirm = input(f"Delete tenant {schema_name!r}{warning}? Type the schema name to confirm: ")
+            except EOFError:
+                raise CommandError("No confirmation given; pass --confirm with the schema name.") from None
 
         try:
             event = delete_tenant(tenant, actor=user, confirm=confirm.strip(), skip_export=skip_export)

@@ -31,6 +31,8 @@ class Command(BaseCommand):
             export = export_tenant(tenant, output, progress=show, requested_by=actor or "manage.py export_tenant")
         except (FileExistsError, FileNotFoundError, ValueError) as exc:
             raise CommandError(str(exc)) from exc
+        except OSError as exc:
+            raise CommandError(f"Writing archive {output} failed: {exc}; choose a writable output file.") from exc
         self.stdout.write(
             f"Exported tenant {schema_name!r} to {export.file_path}: {export.rows_written} rows, "
             f"{export.file_size} bytes, SHA-256 {export.checksum}"

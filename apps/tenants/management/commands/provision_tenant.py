@@ -1,5 +1,6 @@
 import getpass
 
+import redis
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
@@ -23,7 +24,10 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         password = options["admin_password"]
         if not password:
-            password = getpass.getpass(f"Password for {options['admin_username']}: ")
+            try:
+                password = getpass.getpass(f"Password for {options['admin_username']}: ")
+            except EOFError:
+                raise CommandError("No password given; pass --admin-password or run the command in a terminal.") from None
         try:
             tenant = provision_tenant(
                 schema_name=options["schema_name"],
@@ -37,6 +41,8 @@ class Command(BaseCommand):
             raise CommandError(" ".join(exc.messages)) from exc
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
+        except redis.RedisError as exc:
+            raise CommandError(f"Redis failed while clearing leftover keys of the schema: {exc}; start Redis and run again.") from exc
         self.stdout.write(
             self.style.SUCCESS(f"Created tenant {tenant.schema_name!r} at {options['domain']}.")
         )

@@ -1,3 +1,4 @@
+import redis
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
@@ -30,4 +31,10 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from exc
         except ValidationError as exc:
             raise CommandError(" ".join(exc.messages)) from exc
+        except OSError as exc:
+            raise CommandError(f"Reading archive {archive} failed: {exc}; check the path and its permissions.") from exc
+        except redis.RedisError as exc:
+            raise CommandError(
+                f"Redis failed while clearing leftover keys of schema {schema!r}: {exc}; start Redis and run again."
+            ) from exc
         self.stdout.write(f"Restored tenant {tenant.schema_name!r} ({tenant.name}) at {domain}.")

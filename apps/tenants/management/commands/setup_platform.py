@@ -1,3 +1,4 @@
+from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 from apps.tenants.services import ensure_public_tenant
@@ -12,6 +13,8 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         try:
             ensure_public_tenant(options["domain"])
+        except ValidationError as exc:
+            raise CommandError(" ".join(exc.messages)) from exc
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
         self.stdout.write(f"Platform admin at http://{options['domain']}:8000/admin/")
