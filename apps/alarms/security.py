@@ -29,6 +29,9 @@ TRIGGER_PRIORITIES = {
     SecurityTrigger.DENIAL_BURST: Priority.HIGH,
     SecurityTrigger.NEW_NETWORK: Priority.MEDIUM,
     SecurityTrigger.OFF_HOURS_SETPOINT: Priority.MEDIUM,
+    SecurityTrigger.CERTIFICATE_EXPIRING: Priority.MEDIUM,
+    # Devices that use an expired certificate can no longer connect securely.
+    SecurityTrigger.CERTIFICATE_EXPIRED: Priority.HIGH,
 }
 MESSAGE_LENGTH = Alarm._meta.get_field("message").max_length
 KEY_LENGTH = Alarm._meta.get_field("key").max_length

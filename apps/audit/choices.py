@@ -48,6 +48,8 @@ class SecurityTrigger(models.TextChoices):
     DENIAL_BURST = "denial_burst", "Repeated permission denials"
     NEW_NETWORK = "new_network", "Credential used from a new network"
     OFF_HOURS_SETPOINT = "off_hours_setpoint", "Setpoint written outside working hours"
+    CERTIFICATE_EXPIRING = "certificate_expiring", "Certificate expires within 30 days"
+    CERTIFICATE_EXPIRED = "certificate_expired", "Certificate has expired"
 
 
 class CredentialType(models.TextChoices):

@@ -1,4 +1,4 @@
-"""The tenant's certificate store: generate, import and encrypt client certificates, and warn before they expire.
+"""The tenant's certificate store: generate, import and encrypt client certificates, and raise alarms before they expire.
 
 Private keys are stored encrypted with Fernet (AES-128-CBC and HMAC-SHA256). The key is
 ``settings.THERMACORE_CERT_KEY`` when that is set (a Fernet key, e.g. from
@@ -25,7 +25,8 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from apps.audit import services as audit
-from apps.audit.choices import AuditAction
+from apps.audit.choices import AuditAction, SecurityTrigger
+from apps.audit.monitoring import raise_security_alarm
 from apps.audit.services import snapshot
 
 from .models import Certificate, CertificateRevocationList
@@ -35,6 +36,8 @@ logger = logging.getLogger(__name__)
 # The Basic256Sha256 and Aes* OPC UA security policies allow RSA keys of 2048 to 4096 bits.
 RSA_KEY_BITS = 2048
 EXPIRY_WARNING_DAYS = 30
+# The expiry check runs daily; two days keep the alarm active across one late or missed run.
+EXPIRY_ALARM_WINDOW = timedelta(days=2)
 _KDF_INFO = b"thermacore certificate private keys"
 
 
@@ -294,19 +297,34 @@ def import_crl(name, data, *, actor):
 
 
 def warn_expiring_certificates(now=None):
-    """Log a warning for each certificate that expires within 30 days or has expired; return them."""
+    """Raise an alarm and log a warning for each certificate that expires within 30 days or has expired; return them.
+
+    The daily task repeats the alarm while the certificate is still in the store, so it stays
+    active. Once the certificate is renewed or deleted, the alarm returns to normal
+    EXPIRY_ALARM_WINDOW after the last run that found it.
+    """
     now = now or timezone.now()
     expiring = list(Certificate.objects.expiring_before(now + timedelta(days=EXPIRY_WARNING_DAYS)))
     for certificate in expiring:
+        expires = certificate.not_valid_after.isoformat()
         if certificate.not_valid_after <= now:
-            logger.warning(
-                "Schema %s: certificate %s (%s) expired on %s; devices using it cannot connect securely",
-                connection.schema_name, certificate.pk, certificate.name, certificate.not_valid_after.isoformat(),
+            trigger = SecurityTrigger.CERTIFICATE_EXPIRED
+            message = (
+                f"Certificate {certificate.pk} ({certificate.name}) expired on {expires}; devices using it "
+                "cannot connect securely. Renew it and update its devices."
             )
         else:
-            logger.warning(
-                "Schema %s: certificate %s (%s) expires on %s, in %d days; renew it and update its devices",
-                connection.schema_name, certificate.pk, certificate.name, certificate.not_valid_after.isoformat(),
-                (certificate.not_valid_after - now).days,
+            trigger = SecurityTrigger.CERTIFICATE_EXPIRING
+            message = (
+                f"Certificate {certificate.pk} ({certificate.name}) expires on {expires}, in "
+                f"{(certificate.not_valid_after - now).days} days. Renew it and update its devices."
             )
+        logger.warning("Schema %s: %s", connection.schema_name, message)
+        raise_security_alarm(
+            trigger,
+            subject=f"certificate={certificate.pk}",
+            message=message,
+            detail={"certificate": certificate.pk, "name": certificate.name, "not_valid_after": expires},
+            window=EXPIRY_ALARM_WINDOW,
+        )
     return expiring

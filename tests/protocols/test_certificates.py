@@ -13,10 +13,14 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import override_settings
 from django.utils import timezone
 
+from apps.alarms.choices import AlarmState, Priority
+from apps.alarms.models import Alarm
+from apps.alarms.timers import run_alarm_timers
 from apps.audit.choices import AuditAction
 from apps.audit.models import AuditEntry
 from apps.audit.services import Actor
 from apps.protocols.certificates import (
+    EXPIRY_ALARM_WINDOW,
     CertificateKeyError,
     decrypt_private_key,
     generate_certificate,
@@ -127,9 +131,9 @@ def test_expiry_warning_30_days_ahead(alpha, caplog):
         warned = warn_expiring_certificates()
 
     assert warned == [soon]
-    assert f"certificate {soon.pk} (Soon) expires on" in caplog.text
+    assert f"Certificate {soon.pk} (Soon) expires on" in caplog.text
     assert "in 19 days" in caplog.text
-    assert f"certificate {later.pk} " not in caplog.text
+    assert f"Certificate {later.pk} " not in caplog.text
 
 
 def test_expiry_warning_for_expired_certificate(alpha, caplog):
@@ -139,7 +143,44 @@ def test_expiry_warning_for_expired_certificate(alpha, caplog):
         warned = warn_expiring_certificates(now=timezone.now() + timedelta(days=3))
 
     assert warned == [expired]
-    assert f"certificate {expired.pk} (Expired) expired on" in caplog.text
+    assert f"Certificate {expired.pk} (Expired) expired on" in caplog.text
+
+
+def test_expiring_certificate_raises_one_alarm(alpha):
+    soon = generate_certificate("Soon", common_name="ThermaCore", days=20, actor=ACTOR)
+    generate_certificate("Later", common_name="ThermaCore", days=31, actor=ACTOR)
+
+    warn_expiring_certificates()
+    warn_expiring_certificates()
+
+    [alarm] = Alarm.objects.security()
+    assert alarm.key == f"certificate_expiring:certificate={soon.pk}"
+    assert alarm.priority == Priority.MEDIUM
+    assert alarm.state == AlarmState.ACTIVE_UNACKNOWLEDGED
+    assert "Renew it" in alarm.message
+
+
+def test_expired_certificate_alarm_is_high(alpha):
+    expired = generate_certificate("Expired", common_name="ThermaCore", days=1, actor=ACTOR)
+
+    warn_expiring_certificates(now=timezone.now() + timedelta(days=3))
+
+    [alarm] = Alarm.objects.security()
+    assert alarm.key == f"certificate_expired:certificate={expired.pk}"
+    assert alarm.priority == Priority.HIGH
+
+
+def test_renewed_certificate_alarm_returns(alpha):
+    soon = generate_certificate("Soon", common_name="ThermaCore", days=20, actor=ACTOR)
+    warn_expiring_certificates()
+    soon.delete()
+
+    warn_expiring_certificates()
+    run_alarm_timers(timezone.now() + EXPIRY_ALARM_WINDOW + timedelta(minutes=1))
+
+    [alarm] = Alarm.objects.security()
+    assert alarm.state == AlarmState.RETURNED_UNACKNOWLEDGED
+    assert alarm.condition_active is False
 
 
 def test_expiry_task_returns_warned_ids(alpha):
