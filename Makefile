@@ -27,7 +27,7 @@ demo: database
 	$(BIN)/python manage.py setup_demo
 	@echo "Starting simulator, web server, worker and beat; press Ctrl-C to stop them all."
 	@echo "Open http://demo.localhost:8000/ and log in as admin with the password above."
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho --procfile Procfile.demo start
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/honcho --procfile Procfile.demo start
 
 test: install services
 	$(BIN)/python -m pytest

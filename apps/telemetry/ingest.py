@@ -22,6 +22,7 @@ from psycopg import errors as pg_errors
 from apps.sensors.models import Sensor
 from apps.sensors.quality import Quality
 from apps.sensors.samples import Sample
+from apps.tenants.models import MAX_RETENTION_DAYS
 
 from . import latest, spool, subscribers
 from .partitions import ensure_partitions, forget_known_partitions
@@ -148,7 +149,7 @@ def _validate(samples, result):
     # retention, the maximum age keeps a stray old timestamp from creating partitions back to 1900.
     earliest_allowed = retention_cutoff(connection.schema_name, now)
     if earliest_allowed is None:
-        max_age_days = settings.TELEMETRY_MAX_AGE_DAYS
+        max_age_days = min(settings.TELEMETRY_MAX_AGE_DAYS, MAX_RETENTION_DAYS)
         earliest_allowed = now - timedelta(days=max_age_days)
         too_old = f"older than {earliest_allowed.isoformat()}, the maximum age of {max_age_days} days (THERMACORE_MAX_AGE_DAYS)"
     else:

@@ -23,7 +23,7 @@ from django.utils import timezone as django_timezone
 
 from apps.audit.choices import AuditAction
 from apps.audit.services import Actor, AuditTarget, record
-from apps.tenants.models import Tenant
+from apps.tenants.models import MAX_RETENTION_DAYS, Tenant
 from apps.tenants.quotas import current_tenant
 
 from .partitions import forget_known_partitions, uses_timescaledb
@@ -66,7 +66,7 @@ def retention_cutoff(schema, now=None):
     days = cached[0]
     if days is None:
         return None
-    return (now or django_timezone.now()) - timedelta(days=days)
+    return (now or django_timezone.now()) - timedelta(days=min(days, MAX_RETENTION_DAYS))
 
 
 def forget_cached_retention(schema=None):
@@ -120,7 +120,8 @@ def apply_retention(now=None):
 
     now = now or django_timezone.now()
     result.retention_days = tenant.retention_days
-    result.cutoff = now - timedelta(days=tenant.retention_days)
+    # A value stored before the model had a maximum would put the cut-off before year 1.
+    result.cutoff = now - timedelta(days=min(tenant.retention_days, MAX_RETENTION_DAYS))
     if uses_timescaledb():
         _drop_chunks(result)
     else:

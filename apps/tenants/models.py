@@ -17,6 +17,9 @@ from .validators import (
     validate_time_zone,
 )
 
+# 100 years: longer than any plant's history, and short enough that "now minus retention" is a valid date.
+MAX_RETENTION_DAYS = 36500
+
 
 class TenantQuerySet(models.QuerySet):
     def active(self):
@@ -66,8 +69,8 @@ class Tenant(TenantMixin):
     )
     # The daily task telemetry.apply_retention drops the reading partitions older than this.
     retention_days = models.PositiveIntegerField(
-        null=True, blank=True, validators=[MinValueValidator(1)],
-        help_text="Days readings are kept; empty to keep them for ever.",
+        null=True, blank=True, validators=[MinValueValidator(1), MaxValueValidator(MAX_RETENTION_DAYS)],
+        help_text=f"Days readings are kept, 1 to {MAX_RETENTION_DAYS}; empty to keep them for ever.",
     )
 
     # Security policy (apps.tenants.policy).

@@ -116,6 +116,7 @@ def test_payload_null_is_bad():
         (b'{"v": [1, 2]}', "$.v[*]", "", "matches 2 values"),
         (b'{"v": 1, "ts": "2026-01-05T10:00:00"}', "$.v", "$.ts", "no UTC offset"),
         (b"[]", "", "", "empty JSON array"),
+        (b"[" * 3000, "", "", "nests JSON arrays or objects too deeply"),
     ],
 )
 def test_payload_malformed_reason(payload, json_path, timestamp_path, reason):
@@ -282,6 +283,20 @@ async def test_malformed_payload_counted_and_client_continues(topic_prefix, capl
     assert "'warm' is neither a number nor JSON" in caplog.text
     assert samples[0].quality == Quality.BAD_NOT_A_NUMBER
     assert samples[1].value == 22.5
+
+
+@pytest.mark.asyncio
+async def test_deeply_nested_payload_keeps_client_running(topic_prefix):
+    driver = MqttDriver(mqtt_device(id=8, client_id=f"tc-{topic_prefix[-30:]}"), schema="alpha")
+    collector = Collector()
+    task = await start_driver(driver, [mqtt_point(1, f"{topic_prefix}/temp")], collector)
+
+    await publish_messages([(f"{topic_prefix}/temp", "[" * 3000), (f"{topic_prefix}/temp", "42")])
+    samples = await collector.wait_for(1)
+    await stop_driver(driver, task)
+
+    assert driver.malformed_count == 1
+    assert samples[0].value == 42
 
 
 @pytest.mark.asyncio

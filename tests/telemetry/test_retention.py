@@ -179,3 +179,15 @@ def test_http_ingest_names_retention_rejection(alpha_api, sensor, alpha):
     assert response.json()["rejected"] == 1
     assert response.json()["rejections"][0]["index"] == 0
     assert "retention cut-off" in response.json()["rejections"][0]["reason"]
+
+
+def test_stored_huge_retention_is_capped(sensor, alpha):
+    # A value stored before the model had a maximum must not break ingest or the retention run.
+    set_retention(alpha, 1_000_000_000)
+    now = datetime.now(timezone.utc)
+
+    store(sensor, now - timedelta(minutes=1))
+    result = apply_retention(now=now)
+
+    assert result.dropped == []
+    assert result.cutoff.year >= now.year - 100

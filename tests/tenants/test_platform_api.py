@@ -327,6 +327,8 @@ def test_interrupted_job_keeps_foreign_schema(platform):
         ({"admin_email": "not-an-address"}, "admin_email"),
         ({"settings": {"max_devices": -1}}, "settings"),
         ({"settings": {"retention_days": 0}}, "settings"),
+        ({"settings": {"retention_days": 1000000000}}, "settings"),
+        ({"settings": {"retention_days": 36501}}, "settings"),
         ({"settings": {"api_rate_limit": "lots"}}, "settings"),
         ({"settings": {"api_allowed_networks": ["10.0.0.1/8"]}}, "settings"),
     ],
@@ -358,6 +360,14 @@ def test_second_request_for_same_schema_gets_409(staff_api, django_capture_on_co
 
 
 # Settings, suspension and resumption ---------------------------------------------------------------------------
+
+
+def test_update_rejects_retention_beyond_maximum(staff_api):
+    response = staff_api.patch(f"{TENANTS_URL}alpha/", {"retention_days": 1000000000}, format="json")
+
+    assert response.status_code == 400
+    assert "retention_days" in response.json()
+    assert Tenant.objects.get(schema_name="alpha").retention_days is None
 
 
 def test_update_settings_changes_and_audits(staff_api):

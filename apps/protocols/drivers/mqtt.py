@@ -9,7 +9,8 @@ TLS is on when the device has trusted certificates or a client certificate of th
 certificate store, or a CA file on the gateway host (``tls_ca_file``). Certificates of the
 store are loaded into an ``ssl.SSLContext`` in memory, except the client certificate and its
 decrypted key: ``SSLContext.load_cert_chain`` accepts only paths, so they go to a 0600 file
-that is deleted right after loading. The broker's host name is checked unless
+that is deleted right after loading. TLS files must lie inside the operator's
+THERMACORE_TLS_FILES_DIR, which every connect checks again. The broker's host name is checked unless
 ``tls_verify_hostname`` is off.
 
 Paho calls back from its network thread; decoding happens there and the samples are
@@ -33,11 +34,13 @@ from collections import OrderedDict
 from datetime import datetime, timezone
 
 import paho.mqtt.client as mqtt
+from django.core.exceptions import ValidationError
 from paho.mqtt.enums import CallbackAPIVersion
 
 from ..mqtt.payloads import decode_message
 from ..mqtt.sparkplug import NAMESPACE as SPARKPLUG_NAMESPACE
 from ..mqtt.sparkplug import SparkplugSession, rebirth_request, subscription_filter
+from ..validators import TLS_FILE_FIELDS, resolve_tls_file
 from .base import DeviceUnreachable, SubscriptionDriver, WriteRejected, register_driver
 
 logger = logging.getLogger(__name__)
@@ -201,18 +204,19 @@ class MqttDriver(SubscriptionDriver):
                 "broker's CA to its trusted certificates."
             )
 
+        files = self._allowed_tls_files()
         # Unlike ssl.create_default_context, this context trusts no system CA: only the device's trust list.
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.check_hostname = device.tls_verify_hostname
         try:
-            if device.tls_ca_file:
-                context.load_verify_locations(cafile=device.tls_ca_file)
+            if files.get("tls_ca_file"):
+                context.load_verify_locations(cafile=files["tls_ca_file"])
             if trusted:
                 context.load_verify_locations(cadata="".join(certificate.certificate_pem for certificate in trusted))
             if client_certificate is not None:
                 _load_client_certificate(context, client_certificate)
-            elif device.tls_cert_file:
-                context.load_cert_chain(device.tls_cert_file, device.tls_key_file or None)
+            elif files.get("tls_cert_file"):
+                context.load_cert_chain(files["tls_cert_file"], files.get("tls_key_file"))
         except (OSError, ssl.SSLError) as exc:
             raise DeviceUnreachable(
                 f"TLS settings of MQTT device {device.pk} cannot be loaded: {exc}; check its CA, certificate and "
@@ -220,6 +224,29 @@ class MqttDriver(SubscriptionDriver):
             ) from exc
 
         return context
+
+    def _allowed_tls_files(self):
+        """Return the real paths of the device's TLS file settings, checked again against THERMACORE_TLS_FILES_DIR.
+
+        A device saved before the directory was restricted, or a symbolic link changed since, must
+        not make the gateway read files outside it.
+        """
+        files = {}
+        for field in TLS_FILE_FIELDS:
+            value = getattr(self.device, field)
+            if not value:
+                continue
+            try:
+                files[field] = resolve_tls_file(field, value)
+            except ValidationError as exc:
+                logger.warning(
+                    "Schema %s device %s: rejected %s outside the TLS files directory", self.schema, self.device.pk,
+                    field,
+                )
+                raise DeviceUnreachable(
+                    f"TLS settings of MQTT device {self.device.pk} are rejected: {' '.join(exc.messages)}"
+                ) from exc
+        return files
 
     def _store_certificates(self):
         """Return the device's trusted certificates and client certificate (or None) as its caller loaded them.
@@ -292,6 +319,16 @@ class MqttDriver(SubscriptionDriver):
         )
 
     def _on_message(self, client, userdata, message):
+        # An exception escaping a paho callback ends the client's network thread, and with it every
+        # later message of the device, so a payload that trips any bug is counted as malformed instead.
+        try:
+            self._handle_message(client, message)
+        except Exception as exc:
+            logger.exception("Schema %s device %s: handling the MQTT message on %s failed",
+                             self.schema, self.device.pk, message.topic)
+            self._count_malformed(message.topic, f"handling failed: {type(exc).__name__}")
+
+    def _handle_message(self, client, message):
         received_at = datetime.now(timezone.utc)
         if self.sparkplug is not None and message.topic.startswith(SPARKPLUG_NAMESPACE + "/"):
             decoded = self.sparkplug.handle(message.topic, message.payload, received_at)

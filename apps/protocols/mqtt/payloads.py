@@ -68,6 +68,8 @@ def parse_payload(payload):
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise PayloadError(f"payload {_preview(text)} is neither a number nor JSON ({exc.msg} at {exc.pos})") from exc
+    except RecursionError as exc:
+        raise PayloadError(f"payload {_preview(text)} nests JSON arrays or objects too deeply to parse") from exc
 
 
 def point_samples(point, document, received_at):
