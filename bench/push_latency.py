@@ -3,8 +3,8 @@
 One process runs a pymodbus TCP server (the device) and a task that changes
 every holding register about ``--poll-hz`` times a second. A poller reads the
 registers at that rate with the pymodbus client and hands them to ``ingest``,
-one register per sensor. A WebSocket client is connected to a Daphne server
-in a subprocess (``thermacore.asgi``, JSON format).
+one register per sensor. A WebSocket client is connected to a uvicorn (the
+default) or Daphne server in a subprocess (``thermacore.asgi``, JSON format).
 The path measured is device register → poll → ingest (validation, COPY,
 commit, latest-value cache, subscribers) → channel layer (Redis) → consumer
 → socket. Two latencies are printed per rate:
@@ -18,7 +18,7 @@ The requested readings rate is registers × poll-hz, and the achieved rate
 (readings ingested per second of the run) is printed beside it. The first second of each run is
 discarded as warm-up.
 
-    python bench/push_latency.py --rates 1000 5000 --poll-hz 50 --seconds 10
+    python bench/push_latency.py --rates 1000 5000 --poll-hz 50 --seconds 10 --server uvicorn
 """
 
 import argparse
@@ -32,7 +32,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import websockets
 from django.contrib.auth import get_user_model
@@ -60,9 +60,17 @@ def free_port():
         return probe.getsockname()[1]
 
 
-def start_daphne(port):
+# Command line of each web server, without the port; uvicorn's matches Procfile.demo.
+SERVER_COMMANDS = {
+    "uvicorn": [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--ws", "websockets-sansio",
+                "--lifespan", "off", "thermacore.asgi:application", "--port"],
+    "daphne": [sys.executable, "-m", "daphne", "--bind", "127.0.0.1", "thermacore.asgi:application", "--port"],
+}
+
+
+def start_server(server, port):
     process = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "--bind", "127.0.0.1", "--port", str(port), "thermacore.asgi:application"],
+        [*SERVER_COMMANDS[server], str(port)],
         env={**os.environ, "PYTHONPATH": os.getcwd()}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + 30
@@ -71,10 +79,10 @@ def start_daphne(port):
             if probe.connect_ex(("127.0.0.1", port)) == 0:
                 return process
         if process.poll() is not None:
-            raise RuntimeError(f"Daphne exited with {process.returncode}: {process.stderr.read().decode()[-2000:]}")
+            raise RuntimeError(f"{server} exited with {process.returncode}: {process.stderr.read().decode()[-2000:]}")
         time.sleep(0.1)
     process.terminate()
-    raise RuntimeError(f"Daphne did not listen on port {port} within 30 s.")
+    raise RuntimeError(f"{server} did not listen on port {port} within 30 s.")
 
 
 class Run:
@@ -119,7 +127,7 @@ async def poll(port, sensor_ids, run, poll_hz, stop, executor):
                 response = await client.read_holding_registers(offset, count=count, device_id=DEVICE_ID)
                 values.extend(response.registers)
             read_at = time.perf_counter()
-            when = datetime.now(timezone.utc)
+            when = datetime.now(UTC)
             for register, value in enumerate(values):
                 run.read_at.setdefault((register, value), read_at)
             samples = [Sample(sensor_ids[register], when, float(value)) for register, value in enumerate(values)]
@@ -193,15 +201,18 @@ def main():
     parser.add_argument("--rates", type=int, nargs="+", default=[1000, 5000], help="Readings per second to run.")
     parser.add_argument("--poll-hz", type=int, default=50, help="Polls (and register changes) per second.")
     parser.add_argument("--seconds", type=float, default=10.0, help="Duration of each rate's run, in seconds.")
+    parser.add_argument("--server", choices=sorted(SERVER_COMMANDS), default="uvicorn",
+                        help="ASGI server that serves the WebSocket.")
+    parser.add_argument("--port", type=int, default=0, help="Loopback port of the web server; 0 picks a free one.")
     args = parser.parse_args()
 
     max_sensors = max(args.rates) // args.poll_hz
-    web_port = free_port()
+    web_port = args.port or free_port()
     with scratch_tenant(SCHEMA):
         sensor_ids = make_sensors(max_sensors, "push")
         token = str(TenantTokenObtainPairSerializer.get_token(get_user_model().objects.get(username="bench")).access_token)
         connection.close()
-        daphne = start_daphne(web_port)
+        web_server = start_server(args.server, web_port)
         # One ingest thread, as one poller task would have; it keeps one database connection.
         executor = ThreadPoolExecutor(max_workers=1)
         try:
@@ -219,8 +230,8 @@ def main():
                     f"read->client p50={statistics.median(read_ms):.1f} ms p99={percentile(read_ms, 0.99):.1f} ms"
                 )
         finally:
-            daphne.terminate()
-            daphne.wait(timeout=10)
+            web_server.terminate()
+            web_server.wait(timeout=10)
             executor.submit(connections.close_all).result()
             executor.shutdown()
 

@@ -50,6 +50,7 @@ SHARED_APPS = [
     # First, so that its delete_tenant command, which demands an export, replaces django-tenants' unchecked one.
     "apps.tenants",
     "django_tenants",
+    # runserver serves WebSockets through Daphne; the demo and the image run uvicorn.
     "daphne",
     "django.contrib.contenttypes",
     "django.contrib.auth",
@@ -188,7 +189,9 @@ CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
         "CONFIG": {
-            "hosts": [REDIS_URL],
+            # redis-py 8 reads with a 5 s socket timeout by default, the same as channels_redis's 5 s
+            # BZPOPMIN wait, so an idle consumer could fail with "Timeout reading"; 15 s leaves a margin.
+            "hosts": [{"address": REDIS_URL, "socket_timeout": 15}],
             # A stalled browser may hold at most this many messages before
             # further sends to it are dropped instead of blocking the sender.
             "capacity": 200,
@@ -218,6 +221,8 @@ PROTOCOLS_MAX_BACKOFF_SECONDS = env.int("THERMACORE_MAX_BACKOFF_SECONDS", defaul
 PROTOCOLS_MODBUS_IDLE_SECONDS = env.float("THERMACORE_MODBUS_IDLE_SECONDS", default=120.0)
 # Fernet key that encrypts the private keys of stored certificates; empty to derive one from SECRET_KEY.
 THERMACORE_CERT_KEY = env.str("THERMACORE_CERT_KEY", default="")
+# Directory whose files MQTT devices may name as TLS CA, certificate or key files; empty rejects all such paths.
+THERMACORE_TLS_FILES_DIR = env.str("THERMACORE_TLS_FILES_DIR", default="")
 
 # Celery ---------------------------------------------------------------------
 
@@ -374,6 +379,12 @@ REST_FRAMEWORK = {
     ),
     # Every endpoint checks the role layer, and anonymous requests get 401.
     "DEFAULT_PERMISSION_CLASSES": ("apps.accounts.permissions.RolePermission",),
+    # DRF's default parsers, with JSON nesting limited so a deep body gets 400 instead of a RecursionError.
+    "DEFAULT_PARSER_CLASSES": (
+        "apps.api.parsers.DepthLimitedJSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ),
     "DEFAULT_PAGINATION_CLASS": "apps.api.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",

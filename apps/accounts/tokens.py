@@ -8,6 +8,11 @@ returns a new one, and logout blacklists the token it is given. A refresh
 is refused (401, no token issued) when the user was deleted or deactivated
 or changed their password after the token was issued.
 
+A user whose role the tenant's policy names in ``two_factor_roles`` must
+send the current TOTP code in ``otp_token`` to obtain a pair. The ``amr``
+claim (RFC 8176 authentication methods) records whether the login passed
+that step, and creating an API key requires it (check_token_second_factor).
+
 Every pair also carries a login id, which rotation keeps and every access
 token copies, so a logout closes the WebSockets opened with tokens of that
 login (apps.accounts.sockets).
@@ -18,17 +23,19 @@ import uuid
 from functools import partial
 
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import update_last_login
 from django.core.cache import cache
 from django.db import connection, transaction
-from rest_framework import exceptions
+from rest_framework import exceptions, serializers
 from rest_framework_simplejwt.serializers import (
     TokenBlacklistSerializer,
     TokenObtainPairSerializer,
+    TokenObtainSerializer,
     TokenRefreshSerializer,
 )
 from rest_framework_simplejwt.settings import api_settings
 from rest_framework_simplejwt.token_blacklist.models import OutstandingToken
-from rest_framework_simplejwt.tokens import RefreshToken
+from rest_framework_simplejwt.tokens import RefreshToken, Token
 from rest_framework_simplejwt.utils import get_md5_hash_password
 
 from apps.audit.choices import ActorType, AuditAction
@@ -36,12 +43,17 @@ from apps.audit.services import Actor, record
 from apps.audit.signals import record_token_issued, record_token_refreshed
 
 from .sockets import close_login_sockets
+from .two_factor import check_api_code, second_factor_required
 
 logger = logging.getLogger(__name__)
 
 TENANT_CLAIM = "tenant"
 # Random id of one token login; simplejwt copies it into each access token and keeps it on rotation.
 LOGIN_CLAIM = "login"
+# Authentication methods of the login (RFC 8176): "pwd", plus "otp" after a TOTP code; copied like the login id.
+AMR_CLAIM = "amr"
+PASSWORD_METHODS = ["pwd"]
+TWO_FACTOR_METHODS = ["pwd", "otp"]
 
 
 def _ended_login_key(schema, login_id):
@@ -87,16 +99,55 @@ def check_token_user(token):
     return user
 
 
+def check_token_second_factor(user, token):
+    """Raise PermissionDenied when ``token`` is a JWT whose login skipped the TOTP step that ``user``'s role requires.
+
+    Such a token was issued before the policy named the role, or before
+    tokens carried the ``amr`` claim. Session requests have passed the
+    TOTP step in TenantSecurityPolicyMiddleware, and API keys are not JWTs.
+    """
+    if not isinstance(token, Token) or not second_factor_required(user):
+        return
+    if "otp" not in (token.get(AMR_CLAIM) or ()):
+        logger.info("Schema %s: user %s used a token without the TOTP step for an action that needs it",
+                    connection.schema_name, user.pk)
+        raise exceptions.PermissionDenied(
+            "Your role requires two-factor authentication, and this token was issued without a two-factor code; "
+            "request a new token from /api/v1/auth/token/ with otp_token.",
+            code="two_factor_required",
+        )
+
+
 class TenantTokenObtainPairSerializer(TokenObtainPairSerializer):
+    otp_token = serializers.CharField(
+        required=False, allow_blank=True, write_only=True, max_length=16,
+        help_text="Current code of your TOTP device; required when the tenant's policy names your role.",
+    )
+
     @classmethod
     def get_token(cls, user):
         token = super().get_token(user)
         token[TENANT_CLAIM] = connection.schema_name
         token[LOGIN_CLAIM] = uuid.uuid4().hex
+        token[AMR_CLAIM] = PASSWORD_METHODS
         return token
 
     def validate(self, attrs):
-        data = super().validate(attrs)
+        # TokenObtainPairSerializer.validate() would create the refresh token
+        # (an OutstandingToken row) before the code is checked, so its steps are repeated here.
+        data = TokenObtainSerializer.validate(self, attrs)
+        methods = PASSWORD_METHODS
+        if second_factor_required(self.user):
+            check_api_code(self.user, attrs.get("otp_token"), self.context.get("request"))
+            methods = TWO_FACTOR_METHODS
+
+        refresh = self.get_token(self.user)
+        refresh[AMR_CLAIM] = methods
+        data["refresh"] = str(refresh)
+        data["access"] = str(refresh.access_token)
+        if api_settings.UPDATE_LAST_LOGIN:
+            update_last_login(None, self.user)
+
         self.record_issued(self.user)
         return data
 

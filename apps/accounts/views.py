@@ -14,6 +14,7 @@ from .roles import Capability
 from .serializers import ApiKeySerializer, ProfileSerializer
 from .services import create_api_key, revoke_api_key, update_profile
 from .throttling import AuthenticationRateThrottle, rate_limited_response
+from .tokens import check_token_second_factor
 
 LOCKOUT_MESSAGE = (
     "Too many failed logins for this user name from this address; wait for the lockout to expire "
@@ -89,6 +90,8 @@ class ApiKeyViewSet(mixins.CreateModelMixin, mixins.DestroyModelMixin, viewsets.
     required_capability = Capability.MANAGE_USERS
 
     def create(self, request, *args, **kwargs):
+        # A key does not expire unless asked to, so it must not come from a login that skipped the required TOTP step.
+        check_token_second_factor(request.user, request.auth)
         serializer = self.get_serializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         api_key, key = create_api_key(

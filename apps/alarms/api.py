@@ -2,10 +2,11 @@
 
 import logging
 from dataclasses import asdict
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 from django_filters import rest_framework as filters
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -16,6 +17,7 @@ from rest_framework.permissions import BasePermission, IsAuthenticated
 from rest_framework.response import Response
 
 from apps.audit.mixins import AuditedModelViewSetMixin
+from apps.tenants.serializers import RejectUnknownFieldsMixin
 
 from .choices import AlarmSource, AlarmState, Priority
 from .kpis import FLEETING_SHORTER_THAN, compute_kpis
@@ -43,6 +45,30 @@ from .services import (
 logger = logging.getLogger(__name__)
 
 DEFAULT_KPI_WINDOW = timedelta(days=1)
+# Maximum KPI window, a leap year. The request loads every activation of the window into memory.
+MAX_KPI_WINDOW = timedelta(days=366)
+# KPI windows lie within these bounds, so window arithmetic (end + fleeting time) stays inside datetime's range.
+EARLIEST_KPI_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_KPI_TIME = datetime(9999, 1, 1, tzinfo=UTC)
+MAX_FLEETING_SECONDS = 3600.0
+# DRF's renderer override (?format=json), accepted by every endpoint.
+RENDERER_FORMAT_PARAMETER = "format"
+
+
+class OffsetDateTimeField(serializers.DateTimeField):
+    """ISO 8601 date and time that must carry a UTC offset, because a naive one is ambiguous."""
+
+    def to_internal_value(self, value):
+        if isinstance(value, str):
+            try:
+                parsed = parse_datetime(value.strip())
+            except ValueError:
+                parsed = None
+            if parsed is not None and parsed.tzinfo is None:
+                raise serializers.ValidationError(
+                    f"{value[:40]!r} has no UTC offset; add one, e.g. {value.strip()[:19]}Z or +01:00."
+                )
+        return super().to_internal_value(value)
 
 
 class CanAcknowledgeAlarms(BasePermission):
@@ -80,7 +106,7 @@ class CanConfigurePlant(BasePermission):
         return can_configure_plant(request.user)
 
 
-class AlarmRuleSerializer(serializers.ModelSerializer):
+class AlarmRuleSerializer(RejectUnknownFieldsMixin, serializers.ModelSerializer):
     class Meta:
         model = AlarmRule
         fields = (
@@ -174,17 +200,17 @@ class AlarmDetailSerializer(AlarmSerializer):
         read_only_fields = fields
 
 
-class AlarmCommentSerializer(serializers.Serializer):
+class AlarmCommentSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
     comment = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
 
 
-class OutOfServiceSerializer(serializers.Serializer):
+class OutOfServiceSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
     comment = serializers.CharField(max_length=2000, help_text="Why the rule is taken out of service.")
 
 
-class ShelveSerializer(serializers.Serializer):
+class ShelveSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
     comment = serializers.CharField(max_length=500, help_text="Why the alarm is shelved.")
-    until = serializers.DateTimeField(required=False, help_text="When the shelving ends (ISO 8601 with offset).")
+    until = OffsetDateTimeField(required=False, help_text="When the shelving ends (ISO 8601 with offset).")
     minutes = serializers.IntegerField(
         required=False,
         min_value=1,
@@ -203,11 +229,35 @@ class ShelveSerializer(serializers.Serializer):
 
 
 class KpiWindowSerializer(serializers.Serializer):
-    start = serializers.DateTimeField(required=False)
-    end = serializers.DateTimeField(required=False)
+    start = OffsetDateTimeField(required=False)
+    end = OffsetDateTimeField(required=False)
     fleeting_seconds = serializers.FloatField(
-        required=False, min_value=0.001, default=FLEETING_SHORTER_THAN.total_seconds()
+        required=False,
+        min_value=0.001,
+        max_value=MAX_FLEETING_SECONDS,
+        default=FLEETING_SHORTER_THAN.total_seconds(),
     )
+
+    def validate(self, attrs):
+        for name in ("start", "end"):
+            moment = attrs.get(name)
+            if moment is not None and not EARLIEST_KPI_TIME <= moment < LATEST_KPI_TIME:
+                raise serializers.ValidationError(
+                    {name: [(f"{name} {moment.isoformat()} is out of range; give a time from "
+                             f"{EARLIEST_KPI_TIME.isoformat()} to before {LATEST_KPI_TIME.isoformat()}.")]}
+                )
+        end = attrs.get("end") or timezone.now()
+        start = attrs.get("start") or end - DEFAULT_KPI_WINDOW
+        if start >= end:
+            raise serializers.ValidationError(
+                {"start": [f"start {start.isoformat()} must be before end {end.isoformat()}."]}
+            )
+        if end - start > MAX_KPI_WINDOW:
+            raise serializers.ValidationError(
+                {"start": [(f"The window from start {start.isoformat()} to end {end.isoformat()} is longer than "
+                            f"{MAX_KPI_WINDOW.days} days; ask for a shorter window.")]}
+            )
+        return {"start": start, "end": end, "fleeting_seconds": attrs["fleeting_seconds"]}
 
 
 class AlarmFilter(filters.FilterSet):
@@ -326,7 +376,8 @@ class AlarmViewSet(viewsets.ReadOnlyModelViewSet):
             OpenApiParameter(
                 "start",
                 OpenApiTypes.DATETIME,
-                description="Inclusive start (ISO 8601 with offset); default one day before end.",
+                description="Inclusive start (ISO 8601 with offset); default one day before end. "
+                "The window is at most 366 days, within 1970 to 9998.",
             ),
             OpenApiParameter(
                 "end", OpenApiTypes.DATETIME, description="Exclusive end (ISO 8601 with offset); default now."
@@ -334,7 +385,8 @@ class AlarmViewSet(viewsets.ReadOnlyModelViewSet):
             OpenApiParameter(
                 "fleeting_seconds",
                 OpenApiTypes.DOUBLE,
-                description="An activation that returns to normal within this many seconds is fleeting; default 5.",
+                description="An activation that returns to normal within this many seconds is fleeting; "
+                "from 0.001 to 3600, default 5.",
             ),
         ],
         responses=OpenApiTypes.OBJECT,
@@ -342,14 +394,16 @@ class AlarmViewSet(viewsets.ReadOnlyModelViewSet):
     @action(detail=False, methods=["get"], permission_classes=[IsAuthenticated, CanViewProcessAlarms])
     def kpis(self, request):
         """Return the KPIs of process alarms in [start, end): rates, flood, chattering, fleeting, stale, bad actors, priorities."""
+        known = {*KpiWindowSerializer().fields, RENDERER_FORMAT_PARAMETER}
+        unknown = sorted(set(request.query_params) - known)
+        if unknown:
+            raise serializers.ValidationError(
+                {name[:64]: [f"Unknown parameter; this endpoint reads {', '.join(sorted(known))}."] for name in unknown}
+            )
         window = KpiWindowSerializer(data=request.query_params)
         window.is_valid(raise_exception=True)
-        end = window.validated_data.get("end") or timezone.now()
-        start = window.validated_data.get("start") or end - DEFAULT_KPI_WINDOW
-        if start >= end:
-            raise serializers.ValidationError(
-                {"start": [f"start {start.isoformat()} must be before end {end.isoformat()}."]}
-            )
+        start = window.validated_data["start"]
+        end = window.validated_data["end"]
         fleeting = timedelta(seconds=window.validated_data["fleeting_seconds"])
         return Response(asdict(compute_kpis(start, end, fleeting_shorter_than=fleeting)))
 
@@ -374,7 +428,7 @@ class AlarmViewSet(viewsets.ReadOnlyModelViewSet):
         return Response(AlarmSerializer(alarm).data)
 
 
-class NotificationTargetSerializer(serializers.ModelSerializer):
+class NotificationTargetSerializer(RejectUnknownFieldsMixin, serializers.ModelSerializer):
     class Meta:
         model = NotificationTarget
         fields = ("id", "name", "kind", "purpose", "email", "url", "min_priority", "escalate_after", "enabled", "created_at")

@@ -59,13 +59,13 @@ class StrictQueryMixin:
             size = int(raw)
         except ValueError:
             size = 0
-        if size < 1:
+        # A size above the maximum is rejected, not cut to it as DRF does, so a client never gets fewer rows than it asked for.
+        if not 1 <= size <= self.max_page_size:
             raise ValidationError(
-                {self.page_size_query_param: [f"{raw[:32]!r} is not a page size; give a whole number from 1 to "
-                                              f"{self.max_page_size}."]}
+                {self.page_size_query_param: [(f"{raw[:32]!r} is not a page size; give a whole number from 1 to "
+                                               f"{self.max_page_size}.")]}
             )
-        # Larger sizes are cut to the maximum, as DRF documents.
-        return min(size, self.max_page_size)
+        return size
 
 
 class PageNumberPagination(StrictQueryMixin, pagination.PageNumberPagination):

@@ -39,11 +39,12 @@ UNAUTHENTICATED_REASON = "Authentication required: send a session cookie, a bear
 
 # Messages a connection may have waiting for its client. A client that lets
 # more pile up is stalled. It is closed with CLOSE_RESYNC, so neither the
-# sender nor the other clients wait for it.
+# sender nor the other clients wait for it. The outbox fills only once the
+# server's send waits: uvicorn 0.54 first buffers 64 KiB (asyncio's default
+# high-water mark, about 100 alarm messages) on top of the kernel's send buffer.
 # NOTE: Daphne 4.2 hands each frame to Twisted and returns at once, so under
-# Daphne the outbox never fills and a stalled client's frames pile up in the
-# server's write buffer instead. A server whose send waits for the socket to
-# drain (uvicorn with websockets) lets this limit take effect.
+# Daphne (runserver) the outbox never fills and a stalled client's frames pile
+# up in the server's write buffer instead.
 OUTBOX_LIMIT = 100
 # Value updates to one client are merged to the newest value per sensor and
 # sent at most once per this interval, in seconds (at most 40 value messages

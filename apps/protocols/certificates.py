@@ -235,13 +235,22 @@ def import_certificate(name, certificate_pem, private_key_pem="", *, actor):
 def load_crl(data):
     """Parse a CRL in PEM or DER form, or raise ValidationError naming the problem when it is not one."""
     raw = data.encode() if isinstance(data, str) else bytes(data)
+    if not raw.strip():
+        raise ValidationError({"crl": "Not a PEM or DER CRL: the file is empty. Upload the CRL file that the CA published."})
+    is_pem = raw.lstrip().startswith(b"-----BEGIN")
     try:
-        if raw.lstrip().startswith(b"-----BEGIN"):
+        if is_pem:
             return x509.load_pem_x509_crl(raw)
         return x509.load_der_x509_crl(raw)
     except ValueError as exc:
+        # The parser's own text (e.g. "ParseError { kind: UnexpectedTag ... }") means nothing to users, so it is logged.
+        logger.info("Schema %s: rejected an uploaded CRL of %d bytes: %s", connection.schema_name, len(raw), exc)
+        if is_pem:
+            reason = "the PEM block is not a valid X509 CRL (expected '-----BEGIN X509 CRL-----')"
+        else:
+            reason = f"the {len(raw)} bytes are neither a PEM block nor DER-encoded CRL data"
         raise ValidationError(
-            {"crl": f"Not a certificate revocation list in PEM or DER form ({exc}); upload the CRL file of the CA."}
+            {"crl": f"Not a PEM or DER CRL: {reason}. Upload the CRL file that the CA published."}
         ) from exc
 
 
@@ -250,8 +259,9 @@ def find_crl_issuer(crl):
     issuer = crl.issuer.rfc4514_string()
     candidates = Certificate.objects.filter(subject=issuer)
     for candidate in candidates:
-        public_key = load_certificate_pem(candidate.certificate_pem).public_key()
-        if crl.is_signature_valid(public_key):
+        parsed = load_certificate_pem(candidate.certificate_pem)
+        if crl.is_signature_valid(parsed.public_key()):
+            _check_crl_signer(candidate, parsed)
             return candidate
     if candidates:
         raise ValidationError({"crl": (
@@ -262,6 +272,29 @@ def find_crl_issuer(crl):
         f"No stored certificate is the CRL's issuer {issuer!r}; import that CA certificate under "
         "Certificates first, then upload the CRL again."
     )})
+
+
+def _check_crl_signer(candidate, parsed):
+    """Raise ValidationError unless the certificate may sign CRLs (RFC 5280: a CA with cRLSign key usage)."""
+    try:
+        is_ca = parsed.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        is_ca = False
+    if not is_ca:
+        raise ValidationError({"crl": (
+            f"The CRL is signed by certificate {candidate.name!r}, which is not a CA certificate (its basic "
+            "constraints do not say CA:TRUE), so its revocations cannot be trusted; upload the CRL of the CA "
+            "that issued the certificates."
+        )})
+    try:
+        key_usage = parsed.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        return
+    if not key_usage.crl_sign:
+        raise ValidationError({"crl": (
+            f"The CRL is signed by certificate {candidate.name!r}, whose key usage does not include cRLSign, so "
+            "it may not sign CRLs; upload a CRL signed by a CA key with the cRLSign key usage."
+        )})
 
 
 def import_crl(name, data, *, actor):

@@ -23,7 +23,7 @@ from .modbus.codec import register_count
 from .mqtt.sparkplug import validate_point_topic as validate_sparkplug_topic
 from .mqtt.topics import validate_json_path, validate_topic_filter
 from .opcua.nodes import validate_node_id
-from .validators import validate_host
+from .validators import TLS_FILE_FIELDS, resolve_tls_file, validate_host
 
 # Protocols whose devices push values to the gateway instead of being polled.
 SUBSCRIPTION_PROTOCOLS = (Protocol.MQTT, Protocol.OPCUA, Protocol.DNP3)
@@ -329,6 +329,12 @@ class Device(models.Model):
             errors["tls_ca_file"] = "A client certificate needs TLS; set the CA certificate file too."
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             errors["tls_key_file"] = "Set the client certificate file and its key file together, or neither."
+        for field in TLS_FILE_FIELDS:
+            if getattr(self, field) and field not in errors:
+                try:
+                    resolve_tls_file(field, getattr(self, field))
+                except ValidationError as exc:
+                    errors.update(exc.message_dict)
         if self.endpoint_path and not self.endpoint_path.startswith("/"):
             errors["endpoint_path"] = f"Endpoint path {self.endpoint_path!r} must start with '/', e.g. '/server/'."
         if self.password and not self.username:

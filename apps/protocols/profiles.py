@@ -99,11 +99,18 @@ def parse_profile(text):
         raise ProfileError([ProfileIssue(mark.line + 1 if mark else 1, "", f"not valid YAML: {exc.problem}")]) from exc
     except yaml.YAMLError as exc:
         raise ProfileError([ProfileIssue(1, "", f"not valid YAML: {exc}")]) from exc
+    except RecursionError:
+        # PyYAML composes and constructs nested nodes recursively.
+        raise ProfileError([ProfileIssue(1, "", "not valid YAML: nested too deeply; a profile needs only a few levels")]) from None
 
     issues = []
     if not isinstance(document, dict):
         raise ProfileError([ProfileIssue(1, "", "a profile is a mapping with name, protocol and points")])
     lines = _LineIndex(root)
+    # PostgreSQL text and jsonb cannot store NUL, which YAML can write as "\0" or "\u0000".
+    null_issues = _null_character_issues(document, lines)
+    if null_issues:
+        raise ProfileError(null_issues)
 
     for key in document:
         if key not in PROFILE_FIELDS:
@@ -240,6 +247,35 @@ def _check_point(raw, index, protocol, lines, issues):
     if len(issues) > count_before:
         return None
     return {"sensor": sensor, "point": point_values}
+
+
+def _null_character_issues(document, lines):
+    """Return an issue for each key or text value of ``document`` that contains a NUL character."""
+    issues = []
+    pending = [(document, ())]
+    while pending:
+        value, path = pending.pop()
+        if isinstance(value, dict):
+            for key, child in value.items():
+                if isinstance(key, str) and "\x00" in key:
+                    issues.append(ProfileIssue(lines.of(*path, key), _field_name(path, key.replace("\x00", "\\0")),
+                                               "field name contains a NUL character (\\0 or \\u0000); remove it"))
+                pending.append((child, (*path, key)))
+        elif isinstance(value, list):
+            pending.extend((child, (*path, index)) for index, child in enumerate(value))
+        elif isinstance(value, str) and "\x00" in value:
+            issues.append(ProfileIssue(lines.of(*path), _field_name(path),
+                                       f"{value!r} contains a NUL character (\\0 or \\u0000); remove it"))
+    return sorted(issues, key=lambda issue: issue.line)
+
+
+def _field_name(path, last=None):
+    """Return a profile field name such as ``points[0].name`` for a path of keys and list indexes."""
+    steps = [*path, last] if last is not None else list(path)
+    name = ""
+    for step in steps:
+        name += f"[{step}]" if isinstance(step, int) else (f".{step}" if name else str(step))
+    return name
 
 
 def _type_error(name, value):

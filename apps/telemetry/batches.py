@@ -17,6 +17,8 @@ from .ingest import Rejection
 ITEM_FIELDS = frozenset({"sensor", "time", "value", "quality"})
 # Quality codes are OPC-style single bytes (see apps.sensors.quality).
 MAX_QUALITY = 255
+# Sensor ids are PostgreSQL bigint primary keys.
+MAX_SENSOR_ID = 2**63 - 1
 
 
 @dataclass
@@ -55,18 +57,34 @@ def parse_reading(item):
         raise ValueError(f"Missing fields {', '.join(missing)}; a reading needs sensor, time and value.")
 
     sensor = item["sensor"]
-    if isinstance(sensor, bool) or not isinstance(sensor, int) or sensor <= 0:
-        raise ValueError(f"Sensor {sensor!r} is not a sensor id; send the positive integer id of the sensor.")
+    if isinstance(sensor, bool) or not isinstance(sensor, int) or not 0 < sensor <= MAX_SENSOR_ID:
+        raise ValueError(f"Sensor {_shorten(sensor)} is not a sensor id; send the positive integer id of the sensor.")
 
-    time = parse_timestamp(item["time"])
+    try:
+        time = parse_timestamp(item["time"])
+    except OverflowError:
+        # A huge integer, or an ISO time whose offset moves it outside years 1 to 9999.
+        raise ValueError(
+            f"Timestamp {_shorten(item['time'])} is out of range; send a current time as epoch seconds or ISO 8601 with an offset."
+        ) from None
 
     value = item["value"]
     if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-        raise ValueError(f"Value {value!r} is not a number; send a JSON number, or null with a bad quality.")
+        raise ValueError(f"Value {_shorten(value)} is not a number; send a JSON number, or null with a bad quality.")
+    try:
+        value = None if value is None else float(value)
+    except OverflowError:
+        raise ValueError(f"Value {_shorten(value)} is too large for a double; send a smaller number.") from None
 
     quality = item.get("quality", int(Quality.GOOD))
     if isinstance(quality, bool) or not isinstance(quality, int) or not 0 <= quality <= MAX_QUALITY:
         raise ValueError(f"Quality {quality!r} is not a quality code; send an integer from 0 to {MAX_QUALITY}.")
 
     # A non-finite value passes through: ingest stores it with bad quality and no value.
-    return Sample(sensor, time, None if value is None else float(value), quality)
+    return Sample(sensor, time, value, quality)
+
+
+def _shorten(value, limit=40):
+    """Return the repr of ``value`` cut to ``limit`` characters, so a rejection does not echo a huge input."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}..."

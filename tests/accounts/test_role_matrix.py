@@ -74,6 +74,7 @@ EXPECTED_ACCESS = {
     ("audit-export", "GET"): AUDIT_READERS,
     ("audit-export-manifest", "GET"): AUDIT_READERS,
     ("ingest", "POST"): ADMIN_ONLY,
+    ("ingest_csv", "POST"): ADMIN_ONLY,
     ("api-root", "GET"): EVERY_ROLE,
     ("token_obtain_pair", "POST"): ANONYMOUS,
     ("token_refresh", "POST"): ANONYMOUS,

@@ -180,10 +180,28 @@ def test_readings_bad_range_names_parameter(alpha_api, query, field, message):
     assert message in str(response.data[field])
 
 
-def test_page_size_is_capped(alpha_api):
+def test_page_size_above_maximum_rejected(alpha_api):
     response = alpha_api.get("/api/v1/units/", {"page_size": 1000000})
 
+    assert response.status_code == 400
+    assert "from 1 to 500" in str(response.data["page_size"])
+
+
+def test_page_size_at_maximum_accepted(alpha_api):
+    response = alpha_api.get("/api/v1/units/", {"page_size": 500})
+
     assert response.status_code == 200
+
+
+@pytest.mark.parametrize("page_size", ["10001", "100000"])
+def test_readings_page_size_above_maximum_rejected(alpha_api, page_size):
+    sensor = SensorFactory()
+    query = {"start": "2026-01-05T10:00:00Z", "end": "2026-01-05T11:00:00Z", "page_size": page_size}
+
+    response = alpha_api.get(f"/api/v1/sensors/{sensor.id}/readings/", query)
+
+    assert response.status_code == 400
+    assert "from 1 to 10000" in str(response.data["page_size"])
 
 
 def test_other_tenant_objects_are_not_found(alpha_api, beta):

@@ -208,3 +208,30 @@ def test_ingest_raises_alarm_and_updates_live_value(alpha_api, sensor, django_ca
     alarm = Alarm.objects.get()
     assert alarm.activated_at == datetime(2026, 1, 5, 10, 0, 10, tzinfo=timezone.utc)
     assert latest.get_latest("alpha", [sensor.id])[sensor.id][1] == 105.0
+
+
+def test_ingest_rejects_out_of_range_numbers(alpha_api, sensor):
+    huge = "1" + "0" * 400
+    body = (
+        '{"readings": ['
+        f'{{"sensor": {sensor.id}, "time": {huge}, "value": 1.0}},'
+        f'{{"sensor": {sensor.id}, "time": "0001-01-01T00:00:00+01:00", "value": 2.0}},'
+        f'{{"sensor": {sensor.id}, "time": "2026-01-05T10:00:00Z", "value": {huge}}},'
+        f'{{"sensor": {huge}, "time": "2026-01-05T10:00:00Z", "value": 3.0}},'
+        f'{{"sensor": {2**63}, "time": "2026-01-05T10:00:00Z", "value": 4.0}},'
+        f'{{"sensor": {sensor.id}, "time": "2026-01-05T10:00:01Z", "value": 5.0}}'
+        "]}"
+    )
+
+    response = alpha_api.generic("POST", URL, body, content_type="application/json")
+
+    assert response.status_code == 200, response.content[:300]
+    reasons = {rejection["index"]: rejection["reason"] for rejection in response.data["rejections"]}
+    assert list(reasons) == [0, 1, 2, 3, 4]
+    assert "out of range" in reasons[0]
+    assert "out of range" in reasons[1]
+    assert "too large for a double" in reasons[2]
+    assert "is not a sensor id" in reasons[3]
+    assert len(reasons[3]) < 200
+    assert "is not a sensor id" in reasons[4]
+    assert [row[1] for row in stored(sensor)] == [5.0]

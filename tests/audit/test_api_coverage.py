@@ -11,6 +11,7 @@ from datetime import timedelta
 from typing import Callable
 
 import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from django.utils import timezone
 from rest_framework.test import APIClient
@@ -82,6 +83,7 @@ class Expected:
     object_type: str
     object_id: Callable | str
     outcome: str = Outcome.SUCCESS
+    format: str = "json"
 
 
 def make_alarm_rule():
@@ -232,6 +234,13 @@ def notification_secret_case():
                     AuditAction.OBJECT_UPDATED, "alarms.notificationtarget", str(target.pk))
 
 
+def csv_import_case():
+    sensor = SensorFactory(minimum=0, maximum=200)
+    upload = SimpleUploadedFile("readings.csv", f"time,sensor,value\n2026-01-05T10:00:00Z,{sensor.pk},21.5\n".encode())
+    return Expected("post", f"/{API_PREFIX}ingest/csv/", {"file": upload}, 200, AuditAction.OBJECTS_IMPORTED,
+                    "telemetry.reading", "", format="multipart")
+
+
 def case_for(name, method, callback):
     """Arrange the data for one endpoint and return its Expected request and entry, or None when unknown."""
     basename, _, route_kind = name.rpartition("-")
@@ -240,6 +249,7 @@ def case_for(name, method, callback):
     special = {
         ("point-write", "post"): setpoint_case,
         ("device-profile", "post"): device_profile_case,
+        ("ingest_csv", "post"): csv_import_case,
         ("apikey-list", "post"): api_key_create_case,
         ("apikey-detail", "delete"): api_key_revoke_case,
         ("token_obtain_pair", "post"): token_obtain_case,
@@ -278,7 +288,7 @@ def test_mutating_endpoint_writes_one_matching_entry(alpha_api, name, method):
     assert expected is not None, f"No audit case for {method.upper()} {name}; add one to tests/audit/test_api_coverage.py."
     start = chain_head()
 
-    response = getattr(alpha_api, expected.method)(expected.url, expected.data, format="json")
+    response = getattr(alpha_api, expected.method)(expected.url, expected.data, format=expected.format)
 
     assert response.status_code == expected.status, response.content
     entries = entries_after(start)

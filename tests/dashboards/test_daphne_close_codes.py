@@ -1,11 +1,13 @@
-"""Close codes of refused WebSockets as a client sees them through a real Daphne server.
+"""Close codes of refused WebSockets as a client sees them through real ASGI servers.
 
 The channels test communicator reports a close before the accept as a close
-code, but Daphne turns it into an HTTP 403 of the handshake. Only a real
-server shows whether a refused client gets the documented code.
+code, but Daphne and uvicorn turn it into an HTTP 403 of the handshake. Only
+a real server shows whether a refused client gets the documented code. Every
+test runs against uvicorn, the server of the demo and the image, and Daphne,
+which ``manage.py runserver`` uses.
 """
-
 import asyncio
+import contextlib
 import os
 import socket
 import subprocess
@@ -31,47 +33,59 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # Ports this test may bind, so that parallel suites on one machine do not collide.
 PORT_RANGE = range(22600, 22700)
 STARTUP_TIMEOUT_SECONDS = 30
+# Command line of each server, without the port; the same options as Procfile.demo for uvicorn.
+SERVER_COMMANDS = {
+    "daphne": [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "thermacore.asgi:application", "-p"],
+    "uvicorn": [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--ws", "websockets-sansio",
+                "--lifespan", "off", "thermacore.asgi:application", "--port"],
+}
 
 
 def _free_port_in_range():
     return free_port_in(PORT_RANGE)
 
 
-def _wait_for_port(port, process, log_path):
+def _wait_for_port(port, process, log_path, server):
     deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(
-                f"Daphne exited with {process.returncode} before listening on port {port}; see {log_path}"
+                f"{server} exited with {process.returncode} before listening on port {port}; see {log_path}"
             )
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 return
         except OSError:
             time.sleep(0.1)
-    raise RuntimeError(f"Daphne did not listen on port {port} within {STARTUP_TIMEOUT_SECONDS} s")
+    raise RuntimeError(f"{server} did not listen on port {port} within {STARTUP_TIMEOUT_SECONDS} s")
 
 
-@pytest.fixture(scope="module")
-def daphne_port(django_db_setup, tmp_path_factory):
-    """Run Daphne on the test database and this suite's Redis database; yield its port."""
+@contextlib.contextmanager
+def running_server(server, port, log_path, listening_socket=None):
+    """Run ``server`` (a key of SERVER_COMMANDS) on the test database and this suite's Redis database.
+
+    With ``listening_socket`` (uvicorn only), the server accepts on that
+    bound socket instead of binding ``port`` itself.
+    """
     database = connection.settings_dict
     database_url = f"postgres://{database['USER']}@{database['HOST']}:{database['PORT']}/{database['NAME']}"
-    port = _free_port_in_range()
     environment = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "thermacore.settings_test",
         "THERMACORE_DATABASE_URL": database_url,
         "THERMACORE_REDIS_URL": settings.REDIS_URL,
     }
-    log_path = tmp_path_factory.mktemp("daphne") / "daphne.log"
     log = log_path.open("wb")
+    command = [*SERVER_COMMANDS[server], str(port)]
+    inherited = ()
+    if listening_socket is not None:
+        inherited = (listening_socket.fileno(),)
+        command = [*SERVER_COMMANDS[server][:-1], "--fd", str(listening_socket.fileno())]
     process = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "thermacore.asgi:application"],
-        cwd=PROJECT_ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT,
+        command, cwd=PROJECT_ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT, pass_fds=inherited,
     )
     try:
-        _wait_for_port(port, process, log_path)
+        _wait_for_port(port, process, log_path, server)
         yield port
     finally:
         process.terminate()
@@ -83,8 +97,16 @@ def daphne_port(django_db_setup, tmp_path_factory):
         log.close()
 
 
+@pytest.fixture(scope="module", params=sorted(SERVER_COMMANDS))
+def server_port(request, django_db_setup, tmp_path_factory):
+    """Run each server in turn; yield its port."""
+    log_path = tmp_path_factory.mktemp(request.param) / f"{request.param}.log"
+    with running_server(request.param, _free_port_in_range(), log_path) as port:
+        yield port
+
+
 async def _close_code(port, host, headers=()):
-    """Open ``/ws/live/`` on the Daphne at ``port`` with ``host`` as Host header and return the close code."""
+    """Open ``/ws/live/`` on the server at ``port`` with ``host`` as Host header and return the close code."""
     uri = f"ws://{host}:{port}/ws/live/?format=json"
     # host= and port= send the TCP connection to loopback whatever the URI's host name resolves to.
     async with websockets.connect(
@@ -96,40 +118,40 @@ async def _close_code(port, host, headers=()):
 
 
 @pytest.mark.asyncio
-async def test_daphne_anonymous_socket_closes_4401(daphne_port):
-    code = await _close_code(daphne_port, TENANT_DOMAINS["alpha"])
+async def test_anonymous_socket_closes_4401(server_port):
+    code = await _close_code(server_port, TENANT_DOMAINS["alpha"])
 
     assert code == 4401
 
 
 @pytest.mark.asyncio
-async def test_daphne_bad_token_closes_4401(daphne_port):
-    code = await _close_code(daphne_port, TENANT_DOMAINS["alpha"], [("Authorization", "Bearer not-a-token")])
+async def test_bad_token_closes_4401(server_port):
+    code = await _close_code(server_port, TENANT_DOMAINS["alpha"], [("Authorization", "Bearer not-a-token")])
 
     assert code == 4401
 
 
 @pytest.mark.asyncio
-async def test_daphne_auditor_socket_closes_4403(daphne_port, committed):
+async def test_auditor_socket_closes_4403(server_port, committed):
     auditor = await sync_to_async(committed.user)(Role.AUDITOR)
     token = await sync_to_async(access_token_for)("alpha", auditor)
 
-    code = await _close_code(daphne_port, TENANT_DOMAINS["alpha"], [("Authorization", f"Bearer {token}")])
+    code = await _close_code(server_port, TENANT_DOMAINS["alpha"], [("Authorization", f"Bearer {token}")])
 
     assert code == 4403
 
 
 @pytest.mark.asyncio
-async def test_daphne_unknown_host_closes_4404(daphne_port):
-    code = await _close_code(daphne_port, "nobody.localhost")
+async def test_unknown_host_closes_4404(server_port):
+    code = await _close_code(server_port, "nobody.localhost")
 
     assert code == 4404
 
 
 @pytest.mark.asyncio
-async def test_daphne_unknown_path_closes_4401_for_strangers(daphne_port):
-    uri = f"ws://{TENANT_DOMAINS['alpha']}:{daphne_port}/ws/nothing/"
-    async with websockets.connect(uri, host="127.0.0.1", port=daphne_port, proxy=None, open_timeout=15) as client:
+async def test_unknown_path_closes_4401_for_strangers(server_port):
+    uri = f"ws://{TENANT_DOMAINS['alpha']}:{server_port}/ws/nothing/"
+    async with websockets.connect(uri, host="127.0.0.1", port=server_port, proxy=None, open_timeout=15) as client:
         with pytest.raises(websockets.ConnectionClosed):
             await asyncio.wait_for(client.recv(), timeout=15)
 
@@ -150,22 +172,22 @@ async def _session_headers(factory, origin):
 
 
 @pytest.mark.asyncio
-async def test_daphne_session_from_other_origin_closes_4401(daphne_port, committed):
+async def test_session_from_other_origin_closes_4401(server_port, committed):
     headers = await _session_headers(committed, "http://evil.localhost")
 
-    code = await _close_code(daphne_port, TENANT_DOMAINS["alpha"], headers)
+    code = await _close_code(server_port, TENANT_DOMAINS["alpha"], headers)
 
     assert code == 4401
 
 
 @pytest.mark.asyncio
-async def test_daphne_session_from_own_origin_stays_open(daphne_port, committed):
+async def test_session_from_own_origin_stays_open(server_port, committed):
     host = TENANT_DOMAINS["alpha"]
-    headers = await _session_headers(committed, f"http://{host}:{daphne_port}")
-    uri = f"ws://{host}:{daphne_port}/ws/live/?format=json"
+    headers = await _session_headers(committed, f"http://{host}:{server_port}")
+    uri = f"ws://{host}:{server_port}/ws/live/?format=json"
 
     async with websockets.connect(
-        uri, additional_headers=headers, host="127.0.0.1", port=daphne_port, proxy=None, open_timeout=15
+        uri, additional_headers=headers, host="127.0.0.1", port=server_port, proxy=None, open_timeout=15
     ) as client:
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(client.recv(), timeout=0.5)

@@ -167,12 +167,16 @@ def make_certificates(directory):
 
 
 @pytest.fixture
-def tls_broker():
-    """A Mosquitto of the test's own that accepts only TLS clients with a certificate of the test CA."""
+def tls_broker(settings):
+    """A Mosquitto of the test's own that accepts only TLS clients with a certificate of the test CA.
+
+    Its directory is the allowed TLS files directory, so devices may name the files in it.
+    """
     # Mosquitto started as root reads its certificates as user mosquitto, which cannot enter
     # pytest's private tmp_path, so these throwaway files live in a readable directory.
     directory = Path(tempfile.mkdtemp(prefix="thermacore-tls-"))
     directory.chmod(0o755)
+    settings.THERMACORE_TLS_FILES_DIR = str(directory)
     files = make_certificates(directory)
     for path in directory.iterdir():
         path.chmod(0o644)

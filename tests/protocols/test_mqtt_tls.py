@@ -153,8 +153,9 @@ def test_hostname_checked_by_default(alpha, tls_directory):
         broker.stop()
 
 
-def test_unreadable_ca_file_named(alpha):
-    device = store_device(port_in_range(), tls_ca_file="/nonexistent/thermacore-ca.pem")
+def test_unreadable_ca_file_named(alpha, settings, tmp_path):
+    settings.THERMACORE_TLS_FILES_DIR = str(tmp_path)
+    device = store_device(port_in_range(), tls_ca_file="thermacore-ca.pem")
 
     with pytest.raises(DeviceUnreachable, match=r"TLS settings of MQTT device \d+ cannot be loaded: .*No such file"):
         asyncio.run(connect_only(device))

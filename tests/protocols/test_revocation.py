@@ -194,7 +194,7 @@ def test_import_crl_rejects_forged_signature(alpha):
 
 
 def test_import_crl_rejects_invalid_text(alpha):
-    with pytest.raises(ValidationError, match="Not a certificate revocation list"):
+    with pytest.raises(ValidationError, match="Not a PEM or DER CRL"):
         import_crl("Garbage", "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n", actor=ACTOR)
 
 
