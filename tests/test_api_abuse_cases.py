@@ -16,10 +16,18 @@ def _create_units(count):
     Unit.objects.bulk_create(Unit(site=site, name=f"Boiler {number}", kind="boiler") for number in range(count))
 
 
-def test_huge_page_size_is_capped(alpha_api):
+def test_huge_page_size_is_rejected(alpha_api):
+    response = alpha_api.get("/api/v1/units/", {"page_size": 1000000})
+
+    assert response.status_code == 400
+    assert "page_size" in str(response.data)
+    assert str(MAX_PAGE_SIZE) in str(response.data)
+
+
+def test_maximum_page_size_is_served(alpha_api):
     _create_units(MAX_PAGE_SIZE + 1)
 
-    response = alpha_api.get("/api/v1/units/", {"page_size": 1000000})
+    response = alpha_api.get("/api/v1/units/", {"page_size": MAX_PAGE_SIZE})
 
     assert response.status_code == 200
     assert len(response.data["results"]) == MAX_PAGE_SIZE
