@@ -58,7 +58,7 @@ class ForbiddenHostError(ValueError):
     """A device host name resolves only to addresses that no device may have."""
 
 
-# TODO: the drivers' connect (apps/protocols/drivers) does not call this yet, so names are not checked.
+# NOTE: the driver resolves the name again when it connects, so an answer that changes in between is not caught.
 def check_resolved_host(host, port):
     """Resolve ``host`` and raise ForbiddenHostError when every address it has is forbidden for devices.
 

@@ -14,7 +14,9 @@ from apps.audit.services import Actor
 from apps.protocols.certificates import import_certificate, import_crl, load_crl
 from apps.protocols.drivers.base import DeviceUnreachable
 from apps.protocols.drivers.mqtt import MqttDriver
+from apps.protocols.modbus.pool import ConnectFailed, ModbusConnectionPool
 from apps.protocols.models import CertificateRevocationList, Device
+from apps.protocols.sessions import make_driver
 from apps.protocols.validators import ForbiddenHostError, check_resolved_host, resolve_tls_file, validate_host
 from tests.factories import DeviceFactory
 from tests.protocols.test_revocation import _rsa_key, make_ca, make_crl, pem
@@ -207,6 +209,29 @@ def test_connect_rejects_tls_path_without_directory(alpha, settings):
 
     with pytest.raises(DeviceUnreachable, match="are rejected: tls_ca_file '/etc/shadow' is not allowed"):
         asyncio.run(MqttDriver(device, schema="alpha").connect())
+
+
+@pytest.mark.parametrize("protocol", ["modbus_tcp", "mqtt", "opcua", "dnp3"])
+def test_connect_rejects_forbidden_host(alpha, protocol):
+    # Saved without clean(), as a row written before the check existed would be. The check must stop
+    # the connect before any packet goes to the address.
+    device = Device.objects.create(name=f"Metadata {protocol}", protocol=protocol, host="169.254.169.254", port=80)
+    driver = make_driver(device)
+
+    with pytest.raises(DeviceUnreachable, match="169.254.169.254.* resolves only to"):
+        asyncio.run(driver.connect())
+
+
+def test_pool_rejects_forbidden_host(alpha):
+    device = Device.objects.create(name="Metadata pool", protocol="modbus_tcp", host="169.254.169.254", port=80)
+    pool = ModbusConnectionPool()
+
+    async def lease_once():
+        async with pool.lease("alpha", device):
+            pass
+
+    with pytest.raises(ConnectFailed, match="169.254.169.254.* resolves only to"):
+        asyncio.run(lease_once())
 
 
 # CRL signers and unreadable CRL files ---------------------------------------

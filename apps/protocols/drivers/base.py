@@ -6,17 +6,36 @@ objects that were fully loaded before it runs, so it never queries the
 database.
 """
 
+import asyncio
 from abc import ABC, abstractmethod
 from datetime import datetime, timezone
 
 from apps.sensors.quality import Quality
 from apps.sensors.samples import Sample
 
+from ..validators import ForbiddenHostError, check_resolved_host
+
 _drivers = {}
 
 
 class DeviceUnreachable(Exception):
     """The device did not respond: refused connection, timeout or broken link."""
+
+
+async def check_device_host(device):
+    """Raise DeviceUnreachable when the device's host resolves only to addresses no device may have.
+
+    Saving a device rejects such addresses, but a host name can resolve to one later (e.g. the
+    link-local metadata address), so every connect checks again. A name that does not resolve is
+    left to the connect, which reports it.
+    """
+    loop = asyncio.get_running_loop()
+    try:
+        await loop.run_in_executor(None, check_resolved_host, device.host, device.port)
+    except ForbiddenHostError as exc:
+        raise DeviceUnreachable(str(exc)) from exc
+    except OSError:
+        return
 
 
 class WriteRejected(Exception):

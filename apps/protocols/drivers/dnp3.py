@@ -38,7 +38,7 @@ import opendnp3
 from ..choices import Dnp3OperateMode
 from ..dnp3.commands import READ_BACK_VARIATIONS, build_command, status_text
 from ..dnp3.values import POINT_TYPES, measurement_time, to_sample
-from .base import DeviceUnreachable, SubscriptionDriver, WriteRejected, register_driver
+from .base import DeviceUnreachable, SubscriptionDriver, WriteRejected, check_device_host, register_driver
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +119,7 @@ class Dnp3Driver(SubscriptionDriver):
     async def connect(self):
         if self.channel is not None:
             return
+        await check_device_host(self.device)
         self._loop = asyncio.get_running_loop()
         self._opened = self._loop.create_future()
         self._lost = self._loop.create_future()

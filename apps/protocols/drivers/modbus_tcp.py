@@ -23,7 +23,7 @@ from apps.sensors.samples import Sample
 
 from ..choices import DataType, RegisterType
 from ..modbus.codec import decode_registers, encode_value, is_not_implemented
-from .base import DeviceUnreachable, Driver, WriteRejected, register_driver
+from .base import DeviceUnreachable, Driver, WriteRejected, check_device_host, register_driver
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +128,7 @@ class ModbusTcpDriver(Driver):
             )
         if self.client.connected:
             return
+        await check_device_host(self.device)
         started = time.monotonic()
         try:
             connected = await self.client.connect()

@@ -41,7 +41,7 @@ from ..mqtt.payloads import decode_message
 from ..mqtt.sparkplug import NAMESPACE as SPARKPLUG_NAMESPACE
 from ..mqtt.sparkplug import SparkplugSession, rebirth_request, subscription_filter
 from ..validators import TLS_FILE_FIELDS, resolve_tls_file
-from .base import DeviceUnreachable, SubscriptionDriver, WriteRejected, register_driver
+from .base import DeviceUnreachable, SubscriptionDriver, WriteRejected, check_device_host, register_driver
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +123,7 @@ class MqttDriver(SubscriptionDriver):
     async def connect(self):
         if self.connected:
             return
+        await check_device_host(self.device)
         self._loop = asyncio.get_running_loop()
         self._connect_result = self._loop.create_future()
         self._lost = self._loop.create_future()

@@ -16,7 +16,7 @@ from asyncua import Client, ua
 from ..opcua.nodes import parse_node_id
 from ..opcua.security import RevokedServerCertificate, UntrustedServerCertificate, apply_security
 from ..opcua.values import status_name, to_sample
-from .base import DeviceUnreachable, SubscriptionDriver, WriteRejected, register_driver
+from .base import DeviceUnreachable, SubscriptionDriver, WriteRejected, check_device_host, register_driver
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +54,7 @@ class OpcUaDriver(SubscriptionDriver):
     async def connect(self):
         if self.client is not None:
             return
+        await check_device_host(self.device)
         self._lost = asyncio.get_running_loop().create_future()
         client = Client(self.url, timeout=self.device.timeout, watchdog_intervall=min(self.device.timeout, 5.0))
         if self.device.username:

@@ -30,6 +30,8 @@ from django.conf import settings
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException
 
+from ..drivers.base import DeviceUnreachable, check_device_host
+
 logger = logging.getLogger(__name__)
 
 # Seconds a connection may stay unused before the pool closes it (THERMACORE_MODBUS_IDLE_SECONDS in production).
@@ -139,6 +141,11 @@ class ModbusConnectionPool:
     async def _connect(self, schema, device, entry):
         address = f"{device.host}:{device.port}"
         was_open = entry.reused
+        try:
+            await check_device_host(device)
+        except DeviceUnreachable as exc:
+            self._close((schema, device.pk), entry)
+            raise ConnectFailed(str(exc)) from exc
         started = time.monotonic()
         try:
             connected = await entry.client.connect()
