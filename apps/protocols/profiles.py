@@ -274,7 +274,12 @@ def _field_name(path, last=None):
     steps = [*path, last] if last is not None else list(path)
     name = ""
     for step in steps:
-        name += f"[{step}]" if isinstance(step, int) else (f".{step}" if name else str(step))
+        if isinstance(step, int):
+            name += f"[{step}]"
+        elif name:
+            name += f".{step}"
+        else:
+            name = str(step)
     return name
 
 

@@ -58,7 +58,7 @@ class ForbiddenHostError(ValueError):
     """A device host name resolves only to addresses that no device may have."""
 
 
-# NOTE: the driver resolves the name again when it connects, so an answer that changes in between is not caught.
+# NOTE: the driver resolves the name again when it connects, so a DNS result that changes in between is not caught.
 def check_resolved_host(host, port):
     """Resolve ``host`` and raise ForbiddenHostError when every address it has is forbidden for devices.
 

@@ -145,8 +145,8 @@ def _validate(samples, result):
     max_future = settings.TELEMETRY_MAX_FUTURE_SECONDS
     now = datetime.now(UTC)
     latest_allowed = now + timedelta(seconds=max_future)
-    # Storing an older reading would create a partition that the next retention run drops; without
-    # retention, the maximum age keeps a stray old timestamp from creating partitions back to 1900.
+    # An older reading would create a partition that the next retention run drops. Without retention,
+    # the maximum age stops a stray old timestamp from creating partitions back to 1900.
     earliest_allowed = retention_cutoff(connection.schema_name, now)
     if earliest_allowed is None:
         max_age_days = min(settings.TELEMETRY_MAX_AGE_DAYS, MAX_RETENTION_DAYS)
