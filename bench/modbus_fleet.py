@@ -20,6 +20,7 @@ import asyncio
 import itertools
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -29,9 +30,24 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 
 logger = logging.getLogger("modbus_fleet")
 
-# (start address, register count) of each holding-register block. The gaps are wider
-# than the ThermaCore driver's MAX_GAP (8), so the driver reads each block on its own.
-BLOCKS = ((0, 20), (100, 15), (200, 15))
+# (start address, register count) of each holding-register block per layout. In
+# "three-blocks" the gaps are wider than the ThermaCore driver's MAX_GAP (8), so
+# every poller reads each block with a request of its own.
+LAYOUTS = {"one-block": ((0, 50),), "three-blocks": ((0, 20), (100, 15), (200, 15))}
+# The benchmark passes its --layout to the fleet and the pollers through the environment.
+LAYOUT_VARIABLE = "BENCH_MODBUS_LAYOUT"
+DEFAULT_LAYOUT = "one-block"
+
+
+def layout_blocks():
+    """Return the blocks of the layout named in BENCH_MODBUS_LAYOUT (one-block by default)."""
+    name = os.environ.get(LAYOUT_VARIABLE, DEFAULT_LAYOUT)
+    if name not in LAYOUTS:
+        raise ValueError(f"Unknown layout {name!r} in {LAYOUT_VARIABLE}; use one of {', '.join(LAYOUTS)}.")
+    return LAYOUTS[name]
+
+
+BLOCKS = layout_blocks()
 REGISTERS_PER_DEVICE = sum(count for _, count in BLOCKS)
 DEVICE_ID = 1
 READ_HOLDING_REGISTERS = 3

@@ -9,7 +9,8 @@ can be measured apart from everything else:
 - ``thermacore``: ``apps.protocols.polling.poll_due_devices`` in a scratch
   tenant with one Modbus TCP device per simulated device, called once a
   second as Celery beat sends the poll task. It reads with the project's
-  driver, stores every sample through ``ingest`` and updates device status.
+  driver, hands every sample to the intake stream and updates device status;
+  a ``manage.py run_ingest`` process that it starts stores the samples.
 
 Both read one JSON command per line on stdin and write one JSON reply per line:
 ``start`` begins a poll cycle every second, ``stop`` ends it and replies with
@@ -26,9 +27,13 @@ import json
 import logging
 import os
 import queue
+import resource
+import signal
+import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 from modbus_fleet import BLOCKS, DEVICE_ID, REGISTERS_PER_DEVICE, device_host
 
@@ -37,6 +42,7 @@ logger = logging.getLogger("modbus_pollers")
 CYCLE_SECONDS = 1.0
 DEVICE_TIMEOUT_SECONDS = 2.0
 SCHEMA = "bench_modbus_scaling"
+PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 
 def take_reply_channel():
@@ -70,8 +76,13 @@ def start_command_reader():
     return commands
 
 
-def run_commands(commands, poll_cycle, on_start=None):
-    """Serve the start, stop and exit commands, and call ``poll_cycle()`` once a second between start and stop."""
+def run_commands(commands, poll_cycle, on_start=None, describe=None, drain=None):
+    """Serve the start, stop, pids, drain and exit commands; call ``poll_cycle()`` once a second between start and stop.
+
+    ``pids`` replies with ``describe()``: the processes to measure, and whatever else the
+    poller reports at that moment. ``drain`` replies with ``drain()``: how storing what
+    was handed off went.
+    """
     cycles = []
     polling = False
     while True:
@@ -91,10 +102,14 @@ def run_commands(commands, poll_cycle, on_start=None):
         elif command == "stop":
             polling = False
             reply({"event": "cycles", "cycles": cycles})
+        elif command == "pids":
+            reply({"event": "pids", **(describe() if describe is not None else {})})
+        elif command == "drain":
+            reply({"event": "drained", **(drain() if drain is not None else {})})
         elif command == "exit":
             return
         elif command is not None:
-            logger.error("Unknown command %r; use start, stop or exit", command)
+            logger.error("Unknown command %r; use start, stop, pids or exit", command)
 
         if polling:
             started_wall = time.time()
@@ -179,42 +194,119 @@ def create_devices(devices, port):
         )
 
 
-def run_thermacore(devices, port, commands, profile_path=None):
+def ingest_command(*options):
+    return [sys.executable, str(PROJECT_DIR / "manage.py"), "run_ingest", "--name", f"bench-{os.getpid()}", *options]
+
+
+def start_ingest():
+    """Start ``manage.py run_ingest``, which stores what the poller queues, as the project runs it."""
+    process = subprocess.Popen(ingest_command(), cwd=PROJECT_DIR, stdout=sys.stderr)
+    logger.info("Started the ingest process (pid %d)", process.pid)
+    return process
+
+
+def stop_ingest(process):
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(60)
+    except subprocess.TimeoutExpired:
+        logger.warning("Ingest process (pid %d) did not stop within 60 s; killing it", process.pid)
+        process.kill()
+        process.wait()
+    logger.info("Stopped the ingest process (pid %d, exit code %s)", process.pid, process.returncode)
+
+
+def drain_intake(values):
+    """Store what waits in the intake stream with ``run_ingest --once``; return its time and CPU."""
+    from apps.telemetry import intake
+
+    waiting = intake.backlog()
+    started = time.perf_counter()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run(ingest_command("--once"), cwd=PROJECT_DIR, stdout=sys.stderr, check=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    seconds = time.perf_counter() - started
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    logger.info("Drained %d intake entries (%d values) in %.1f s", waiting["length"], values, seconds)
+    return {"entries": waiting["length"], "values": values, "seconds": seconds, "cpu_seconds": cpu}
+
+
+def run_thermacore(devices, port, commands, profile_path=None, ingest_mode="during"):
     # scratch sets up Django, so it comes before every project import.
     import scratch
+    from django.conf import settings
     from django.db import connection
     from django.utils import timezone
 
     from apps.protocols.models import Device
     from apps.protocols.polling import poll_due_devices
+    from apps.telemetry import intake
 
     with scratch.scratch_tenant(SCHEMA):
         create_devices(devices, port)
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_backend_pid()")
-            backend_pid = cursor.fetchone()[0]
-        reply({"event": "ready", "pids": [os.getpid()], "storage_pids": [backend_pid]})
+        queued = settings.TELEMETRY_INTAKE_QUEUE
+        # Entries left by an aborted run belong to a dropped schema; the consumer would only discard them.
+        intake.get_client().delete(intake.STREAM_KEY)
+        ingest = start_ingest() if queued and ingest_mode == "during" else None
+        handed_off = [0]
 
-        # NOTE: cProfile sees only this thread (claim, storage, status updates); the polls
-        # themselves run in poll_due_devices' own thread and show up as the wait for their outcomes.
-        profiler = cProfile.Profile() if profile_path else None
+        def describe():
+            # The ingest process opens its database connection with its first batch, so the
+            # backends are listed anew before each window.
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+                )
+                others = [row[0] for row in cursor.fetchall()]
+                cursor.execute("SELECT pg_backend_pid()")
+                own = cursor.fetchone()[0]
+            return {
+                "pids": [os.getpid()],
+                "storage_pids": [own],
+                "ingest_pids": ([ingest.pid] + others) if ingest else [],
+                "intake_backlog": intake.backlog() if ingest else None,
+            }
 
-        def poll_cycle():
+        try:
+            reply({"event": "ready", **describe()})
+
+            # NOTE: cProfile sees only this thread (claim, hand-off, status updates); the polls
+            # themselves run in poll_due_devices' own thread and show up as the wait for their outcomes.
+            profiler = cProfile.Profile() if profile_path else None
+
+            def poll_cycle():
+                if profiler:
+                    profiler.enable()
+                summary = poll_due_devices()
+                if profiler:
+                    profiler.disable()
+                handed_off[0] += summary.samples
+                return summary.polled, summary.failed, summary.samples
+
+            def drain():
+                # With the ingest process running alongside, this only waits for it to catch up.
+                values, handed_off[0] = handed_off[0], 0
+                if not queued:
+                    return {}
+                if ingest is None:
+                    return drain_intake(values)
+                started = time.perf_counter()
+                while intake.backlog()["length"]:
+                    time.sleep(0.2)
+                return {"entries": 0, "values": values, "seconds": time.perf_counter() - started, "cpu_seconds": None}
+
+            def make_all_due():
+                # Every run starts with all devices due, whatever the previous run left behind.
+                Device.objects.update(next_poll_at=timezone.now())
+
+            run_commands(commands, poll_cycle, on_start=make_all_due, describe=describe, drain=drain)
             if profiler:
-                profiler.enable()
-            summary = poll_due_devices()
-            if profiler:
-                profiler.disable()
-            return summary.polled, summary.failed, summary.samples
-
-        def make_all_due():
-            # Every run starts with all devices due, whatever the previous run left behind.
-            Device.objects.update(next_poll_at=timezone.now())
-
-        run_commands(commands, poll_cycle, on_start=make_all_due)
-        if profiler:
-            profiler.dump_stats(profile_path)
-            logger.info("Wrote the profile of the poll cycles to %s", profile_path)
+                profiler.dump_stats(profile_path)
+                logger.info("Wrote the profile of the poll cycles to %s", profile_path)
+        finally:
+            if ingest is not None:
+                stop_ingest(ingest)
     logger.info("Dropped scratch tenant %s", SCHEMA)
 
 
@@ -224,6 +316,8 @@ def main():
     parser.add_argument("--devices", type=int, required=True, help="Number of simulated devices to poll.")
     parser.add_argument("--port", type=int, required=True, help="TCP port of the simulated devices.")
     parser.add_argument("--profile", help="ThermaCore only: file to write a cProfile of the poll cycles to.")
+    parser.add_argument("--ingest", choices=["during", "after"], default="during",
+                        help="ThermaCore only: run the ingest process while polling, or store the queue after each run.")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("pymodbus").setLevel(logging.ERROR)
@@ -233,11 +327,11 @@ def main():
         poller = BaselinePoller(args.devices, args.port)
         reply({"event": "ready", "pids": [os.getpid()], "storage_pids": []})
         try:
-            run_commands(commands, poller.poll_cycle)
+            run_commands(commands, poller.poll_cycle, describe=lambda: {"pids": [os.getpid()], "storage_pids": []})
         finally:
             poller.close()
     else:
-        run_thermacore(args.devices, args.port, commands, args.profile)
+        run_thermacore(args.devices, args.port, commands, args.profile, args.ingest)
 
 
 if __name__ == "__main__":

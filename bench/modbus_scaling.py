@@ -2,14 +2,16 @@
 
 For each size (number of devices) one process runs that many simulated
 devices (bench/modbus_fleet.py: one pymodbus server per device on its own
-loopback address, 50 holding registers in three blocks). Three pollers read
+loopback address, 50 holding registers in one block or, with ``--layout
+three-blocks``, in three). Three pollers read
 all of them once a second, one poller at a time:
 
 - baseline: plain pymodbus clients, kept connected, ``asyncio.gather`` over
   the devices, nothing stored (bench/modbus_pollers.py);
 - thermacore: ``apps.protocols.polling.poll_due_devices`` in a scratch tenant,
-  which reads with the project's Modbus driver, stores every sample through
-  ``ingest`` and updates each device's status (bench/modbus_pollers.py);
+  which reads with the project's Modbus driver, hands every sample to the
+  intake stream and updates each device's status, with a ``manage.py
+  run_ingest`` process storing the samples (bench/modbus_pollers.py);
 - tb-gateway: ThingsBoard IoT Gateway's Modbus connector, publishing to a
   Mosquitto broker and a fake platform (bench/tb_gateway_bench.py), when
   ``--tb-python`` names the gateway's Python.
@@ -21,9 +23,11 @@ Each run warms up, then measures a window of ``--seconds``:
   (for ThermaCore one ``poll_due_devices`` call: claim, poll, store, status);
   the gateway has no cycle, because it polls each device on a timer of its own;
 - interval p50/p99: time between two polls of one device, seen by the device;
-- CPU s per 1000 polls: CPU time of the poller process, and with the process
-  that stores or carries its data added (ThermaCore: its PostgreSQL backend;
-  gateway: Mosquitto); Redis and the fake platform are not counted;
+- CPU s per 1000 polls: CPU time of the poller process; "ingest" is that of
+  ThermaCore's ingest process and its PostgreSQL backends; "with storage"
+  adds every process that stores or carries the data (ThermaCore: the
+  poller's backend and ingest; gateway: Mosquitto); Redis and the fake
+  platform are not counted;
 - RSS of the poller process at the end of the window.
 
 Every configuration runs ``--repeats`` times, interleaved, and the medians
@@ -47,7 +51,7 @@ from pathlib import Path
 
 import psutil
 import tb_gateway_bench
-from modbus_fleet import percentile
+from modbus_fleet import DEFAULT_LAYOUT, LAYOUT_VARIABLE, LAYOUTS, percentile
 
 logger = logging.getLogger("modbus_scaling")
 
@@ -103,7 +107,12 @@ class JsonLineProcess:
 def cpu_seconds(pids):
     total = 0.0
     for pid in pids:
-        times = psutil.Process(pid).cpu_times()
+        try:
+            times = psutil.Process(pid).cpu_times()
+        except psutil.NoSuchProcess:
+            # A PostgreSQL backend that ended during the window; its CPU time is lost to the count.
+            logger.warning("Process %d ended before its CPU time was read", pid)
+            continue
         total += times.user + times.system + times.children_user + times.children_system
     return total
 
@@ -111,10 +120,11 @@ def cpu_seconds(pids):
 class Window:
     """CPU time of the poller and storage processes, and the fleet's poll counts, over one measured window."""
 
-    def __init__(self, fleet, poller_pids, storage_pids):
+    def __init__(self, fleet, poller_pids, storage_pids, ingest_pids=()):
         self.fleet = fleet
         self.poller_pids = poller_pids
         self.storage_pids = storage_pids
+        self.ingest_pids = list(ingest_pids)
 
     def __enter__(self):
         self.fleet.send("reset")
@@ -122,6 +132,7 @@ class Window:
         self.load_start = os.getloadavg()[0]
         self.poller_cpu = cpu_seconds(self.poller_pids)
         self.storage_cpu = cpu_seconds(self.storage_pids)
+        self.ingest_cpu = cpu_seconds(self.ingest_pids)
         self.started_wall = time.time()
         self.started = time.perf_counter()
         return self
@@ -133,6 +144,7 @@ class Window:
         self.ended_wall = time.time()
         self.poller_cpu = cpu_seconds(self.poller_pids) - self.poller_cpu
         self.storage_cpu = cpu_seconds(self.storage_pids) - self.storage_cpu
+        self.ingest_cpu = cpu_seconds(self.ingest_pids) - self.ingest_cpu
         self.rss_mb = sum(psutil.Process(pid).memory_info().rss for pid in self.poller_pids) / 2**20
         self.load_end = os.getloadavg()[0]
         self.fleet.send("stats")
@@ -152,8 +164,10 @@ class Window:
             "interval_p50_ms": self.stats["interval_p50_ms"],
             "interval_p99_ms": self.stats["interval_p99_ms"],
             "cpu_per_1000_polls": self.poller_cpu * per_thousand,
-            "cpu_with_storage_per_1000_polls": (self.poller_cpu + self.storage_cpu) * per_thousand,
+            "cpu_with_storage_per_1000_polls": (self.poller_cpu + self.storage_cpu + self.ingest_cpu) * per_thousand,
+            "cpu_ingest_per_1000_polls": self.ingest_cpu * per_thousand,
             "poller_cpu_share": self.poller_cpu / self.seconds,
+            "ingest_cpu_share": self.ingest_cpu / self.seconds,
             "rss_mb": self.rss_mb,
             "load_start": self.load_start,
             "load_end": self.load_end,
@@ -165,10 +179,16 @@ def run_worker(worker, configuration, fleet, size, repeat, args):
     """Run one measured window of a poller process from bench/modbus_pollers.py."""
     worker.send("start")
     time.sleep(args.warmup)
-    with Window(fleet, worker.ready["pids"], worker.ready["storage_pids"]) as window:
+    worker.send("pids")
+    before = worker.receive("pids", 60)
+    with Window(fleet, before["pids"], before["storage_pids"], before.get("ingest_pids", [])) as window:
         time.sleep(args.seconds)
+    worker.send("pids")
+    after = worker.receive("pids", 60)
     worker.send("stop")
     cycles = worker.receive("cycles", 120)["cycles"]
+    worker.send("drain")
+    drained = worker.receive("drained", 3600)
     # Cycles that started inside the window; each is [start, duration ms, polled, failed, samples].
     measured = [cycle for cycle in cycles if window.started_wall <= cycle[0] <= window.ended_wall]
     durations = [cycle[1] for cycle in measured]
@@ -179,6 +199,11 @@ def run_worker(worker, configuration, fleet, size, repeat, args):
         cycle_p99_ms=percentile(durations, 0.99),
         failed_polls=sum(cycle[3] for cycle in measured),
         values_per_second=sum(cycle[4] for cycle in measured) / window.seconds if measured else 0.0,
+        intake_backlog_start=before.get("intake_backlog"),
+        intake_backlog_end=after.get("intake_backlog"),
+        drain=drained,
+        stored_values_per_second=(drained["values"] / drained["seconds"]
+                                  if drained.get("cpu_seconds") and drained["seconds"] else None),
     )
 
 
@@ -238,8 +263,10 @@ def print_summary(results, sizes):
         ("interval p50 ms", "interval_p50_ms", "{:,.0f}"),
         ("interval p99 ms", "interval_p99_ms", "{:,.0f}"),
         ("CPU s/1000 polls", "cpu_per_1000_polls", "{:.2f}"),
+        ("ingest", "cpu_ingest_per_1000_polls", "{:.2f}"),
         ("with storage", "cpu_with_storage_per_1000_polls", "{:.2f}"),
         ("RSS MB", "rss_mb", "{:,.0f}"),
+        ("stored values/s after", "stored_values_per_second", "{:,.0f}"),
         ("load", "load_start", "{:.1f}"),
     ]
     ratio_keys = ("polls_per_second", "cycle_p50_ms", "cpu_per_1000_polls", "rss_mb")
@@ -273,8 +300,10 @@ def run_size(size, args, platform, broker, results):
                 sys.executable, str(BENCH_DIR / "modbus_pollers.py"), configuration,
                 "--devices", str(size), "--port", str(args.port),
             ]
-            if configuration == "thermacore" and args.profile_thermacore:
-                command += ["--profile", str(args.profile_thermacore)]
+            if configuration == "thermacore":
+                command += ["--ingest", args.ingest]
+                if args.profile_thermacore:
+                    command += ["--profile", str(args.profile_thermacore)]
             worker = JsonLineProcess(f"{configuration} poller", command)
             workers[configuration] = worker
             worker.ready = worker.receive("ready", 1200)
@@ -310,6 +339,10 @@ def main():
                         help="Seconds to wait for telemetry of every device after the gateway starts.")
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/thermacore-modbus-scaling"),
                         help="Folder for the broker's and the gateway's configuration and logs.")
+    parser.add_argument("--layout", choices=sorted(LAYOUTS), default=DEFAULT_LAYOUT,
+                        help="Registers of each device: 50 in one block (one request per poll) or in three blocks.")
+    parser.add_argument("--ingest", choices=["during", "after"], default="during",
+                        help="Run ThermaCore's ingest process while it polls, or after each window, timed on its own.")
     parser.add_argument("--json", type=Path, help="File to write every run's figures to, as JSON.")
     parser.add_argument("--profile-thermacore", type=Path,
                         help="File to write a cProfile of ThermaCore's poll cycles to; its figures are slower.")
@@ -318,6 +351,8 @@ def main():
     if args.tb_python and not Path(args.tb_python).is_file():
         parser.error(f"--tb-python {args.tb_python!r} is not a file; pass the gateway venv's bin/python or ''.")
 
+    # The fleet, the pollers and the gateway's configuration read the layout from the environment.
+    os.environ[LAYOUT_VARIABLE] = args.layout
     args.work_dir.mkdir(parents=True, exist_ok=True)
     results = []
     broker = platform = None

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
-from modbus_fleet import BLOCKS, DEVICE_ID, device_host
+from modbus_fleet import DEVICE_ID, device_host, layout_blocks
 
 logger = logging.getLogger("tb_gateway_bench")
 
@@ -199,7 +199,7 @@ def write_config(config_dir, devices, fleet_port, broker_port):
             "address": f"{start}-{start + count - 1}",
             "maxRegistersPerRequest": 125,
         }
-        for block, (start, count) in enumerate(BLOCKS)
+        for block, (start, count) in enumerate(layout_blocks())
     ]
     slaves = [
         {

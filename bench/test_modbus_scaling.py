@@ -71,15 +71,15 @@ def test_percentile_nearest_rank():
 def test_fleet_counts_whole_polls(fleet):
     asyncio.run(read_blocks(0, BLOCKS))
     asyncio.run(read_blocks(0, BLOCKS))
-    # Device 1 gets only its first block, which is not a whole poll.
-    first_block = asyncio.run(read_blocks(1, BLOCKS[:1]))
+    # Device 1 gets only the first 20 registers, which is not a whole poll.
+    first_block = asyncio.run(read_blocks(1, [(BLOCKS[0][0], 20)]))
 
     fleet.send("stats")
     stats = fleet.receive("stats", 10)
 
     assert first_block[0][:3] == [1, 2, 3]
     assert stats["polls"] == 2
-    assert stats["registers"] == 2 * REGISTERS_PER_DEVICE + BLOCKS[0][1]
+    assert stats["registers"] == 2 * REGISTERS_PER_DEVICE + 20
     assert stats["devices_not_polled"] == 1
     assert stats["interval_p50_ms"] is not None
 
@@ -121,7 +121,11 @@ def test_baseline_poller_cycles(fleet):
     assert stats["polls"] == 2 * len(cycles)
 
 
-def test_gateway_config_reads_same_blocks(tmp_path):
+@pytest.mark.parametrize(("layout", "addresses"), [
+    ("one-block", ["0-49"]), ("three-blocks", ["0-19", "100-114", "200-214"]),
+])
+def test_gateway_config_reads_same_blocks(tmp_path, monkeypatch, layout, addresses):
+    monkeypatch.setenv("BENCH_MODBUS_LAYOUT", layout)
     tb_gateway_bench.write_config(tmp_path, 3, FLEET_PORT, BROKER_PORT)
     gateway = json.loads((tmp_path / "tb_gateway.json").read_text())
     slaves = json.loads((tmp_path / "modbus.json").read_text())["master"]["slaves"]
@@ -132,9 +136,9 @@ def test_gateway_config_reads_same_blocks(tmp_path):
     assert [slave["host"] for slave in slaves] == [device_host(index) for index in range(3)]
     for slave in slaves:
         assert slave["pollPeriod"] == 1000
-        assert [item["address"] for item in slave["timeseries"]] == ["0-19", "100-114", "200-214"]
+        assert [item["address"] for item in slave["timeseries"]] == addresses
         # The connector files responses by tag, so equal tags would mix the blocks up.
-        assert len({item["tag"] for item in slave["timeseries"]}) == len(BLOCKS)
+        assert len({item["tag"] for item in slave["timeseries"]}) == len(addresses)
 
 
 @pytest.fixture
@@ -208,3 +212,15 @@ def test_stop_process_kills_after_timeout():
     tb_gateway_bench.stop_process(process, "test sleeper", timeout=1)
 
     assert process.returncode == -9
+
+
+def test_layout_comes_from_the_environment(monkeypatch):
+    from modbus_fleet import LAYOUT_VARIABLE, layout_blocks
+
+    monkeypatch.setenv(LAYOUT_VARIABLE, "three-blocks")
+    assert layout_blocks() == ((0, 20), (100, 15), (200, 15))
+    monkeypatch.setenv(LAYOUT_VARIABLE, "one-block")
+    assert layout_blocks() == ((0, 50),)
+    monkeypatch.setenv(LAYOUT_VARIABLE, "two-blocks")
+    with pytest.raises(ValueError, match="Unknown layout 'two-blocks' in BENCH_MODBUS_LAYOUT"):
+        layout_blocks()

@@ -215,6 +215,11 @@ TELEMETRY_PARTITIONS_AHEAD_DAYS = env.int("THERMACORE_PARTITIONS_AHEAD_DAYS", de
 TELEMETRY_WRITE_TIMEOUT_SECONDS = env.float("THERMACORE_WRITE_TIMEOUT_SECONDS", default=10.0)
 # Redis holding the spool of batches PostgreSQL could not take; run it with appendonly yes.
 TELEMETRY_SPOOL_URL = env.str("THERMACORE_SPOOL_URL", default=REDIS_URL)
+# Pollers append their samples to the intake stream in the spool's Redis, for `manage.py run_ingest` to
+# store, instead of storing them in the poll worker. Off, they store each batch themselves.
+TELEMETRY_INTAKE_QUEUE = env.bool("THERMACORE_INTAKE_QUEUE", default=True)
+# Seconds an intake entry may stay read but unacknowledged before another run_ingest process takes it over.
+TELEMETRY_INTAKE_CLAIM_IDLE_SECONDS = env.float("THERMACORE_INTAKE_CLAIM_IDLE_SECONDS", default=60.0)
 # Upper bound of the back-off between polls of an unreachable device.
 PROTOCOLS_MAX_BACKOFF_SECONDS = env.int("THERMACORE_MAX_BACKOFF_SECONDS", default=300)
 # Seconds a pooled Modbus TCP connection may stay unused before the worker closes it.

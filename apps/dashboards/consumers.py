@@ -22,6 +22,7 @@ from apps.sensors.models import Sensor
 from apps.sensors.quality import is_bad, quality_label
 from apps.units.models import Unit
 
+from .dispatch import CancelSafeConsumerMixin
 from .groups import unit_group
 from .push import count_dropped_messages
 
@@ -47,14 +48,16 @@ UNAUTHENTICATED_REASON = "Authentication required: send a session cookie, a bear
 # up in the server's write buffer instead.
 OUTBOX_LIMIT = 100
 # Value updates to one client are merged to the newest value per sensor and
-# sent at most once per this interval, in seconds (at most 40 value messages
-# a second), and not before the client has taken the previous message.
-COALESCE_SECONDS = 0.025
+# sent at most once per this interval, in seconds, and not before the client
+# has taken the previous message. A browser repaints about every 17 ms, so
+# HTML gets at most 40 messages a second; JSON clients (historians, HMIs,
+# bridges) may get one every 10 ms.
+COALESCE_SECONDS = {"html": 0.025, "json": 0.010}
 # Time a stalled client gets to take the close frame before the connection ends without it.
 CLOSE_TIMEOUT_SECONDS = 5
 
 
-class LiveValuesConsumer(AsyncWebsocketConsumer):
+class LiveValuesConsumer(CancelSafeConsumerMixin, AsyncWebsocketConsumer):
     """Join the groups of the requested units (all units by default) and forward their updates.
 
     Query parameters: ``unit`` (repeatable unit id), ``format`` ("html",
@@ -294,7 +297,7 @@ class LiveValuesConsumer(AsyncWebsocketConsumer):
                 self.pending_values[reading["sensor"]] = reading
         if self.pending_values and self.flush_handle is None:
             loop = asyncio.get_running_loop()
-            delay = max(0.0, self.last_flush + COALESCE_SECONDS - loop.time())
+            delay = max(0.0, self.last_flush + COALESCE_SECONDS[self.format] - loop.time())
             self.flush_handle = loop.call_later(delay, self._flush_values)
 
     def _flush_values(self):
@@ -304,7 +307,7 @@ class LiveValuesConsumer(AsyncWebsocketConsumer):
             return
         if not self.outbox.empty():
             # The client is still taking earlier messages; keep merging values until it catches up.
-            self.flush_handle = loop.call_later(COALESCE_SECONDS, self._flush_values)
+            self.flush_handle = loop.call_later(COALESCE_SECONDS[self.format], self._flush_values)
             return
         self.last_flush = loop.time()
         readings = list(self.pending_values.values())
@@ -354,7 +357,7 @@ class LiveValuesConsumer(AsyncWebsocketConsumer):
             await self._close_stalled()
 
 
-class NotFoundConsumer(AsyncWebsocketConsumer):
+class NotFoundConsumer(CancelSafeConsumerMixin, AsyncWebsocketConsumer):
     """Close sockets to paths that no consumer serves, with a code instead of a server error."""
 
     async def connect(self):

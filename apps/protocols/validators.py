@@ -58,11 +58,12 @@ class ForbiddenHostError(ValueError):
     """A device host name resolves only to addresses that no device may have."""
 
 
-# NOTE: the driver resolves the name again when it connects, so a DNS result that changes in between is not caught.
 def check_resolved_host(host, port):
-    """Resolve ``host`` and raise ForbiddenHostError when every address it has is forbidden for devices.
+    """Resolve ``host`` and return the first address a device may have, as a string.
 
-    Names are checked when connecting, not when saving, because their addresses can change.
+    Raise ForbiddenHostError when every address of ``host`` is forbidden for devices. Names are
+    checked when connecting, not when saving, because their addresses can change, so callers
+    connect to the returned address instead of resolving the name again.
     Raise socket.gaierror when the name does not resolve.
     """
     try:
@@ -71,15 +72,20 @@ def check_resolved_host(host, port):
     except ValueError:
         literal = False
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    addresses = {ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos}
+    if not infos:
+        raise socket.gaierror(f"{host!r} has no address")
+    # getaddrinfo returns the addresses in the order to try them (RFC 6724), so the first allowed one is kept.
+    addresses = list(dict.fromkeys(ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos))
     reasons = [forbidden_address_reason(address) for address in addresses]
-    if addresses and all(reasons):
-        listed = ", ".join(sorted(str(address) for address in addresses))
-        kind = "Address" if literal else "Host name"
-        raise ForbiddenHostError(
-            f"{kind} {host!r} resolves only to {listed}, which is {reasons[0]}; set the device's host to its "
-            "own unicast address or host name."
-        )
+    for address, reason in zip(addresses, reasons, strict=True):
+        if not reason:
+            return str(address)
+    listed = ", ".join(sorted(str(address) for address in addresses))
+    kind = "Address" if literal else "Host name"
+    raise ForbiddenHostError(
+        f"{kind} {host!r} resolves only to {listed}, which is {reasons[0]}; set the device's host to its "
+        "own unicast address or host name."
+    )
 
 
 def tls_files_directory():

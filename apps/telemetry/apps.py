@@ -6,9 +6,12 @@ class TelemetryConfig(AppConfig):
     verbose_name = "Telemetry"
 
     def ready(self):
-        from apps.protocols.sinks import set_sample_sink
+        from apps.protocols.sinks import set_sample_queue, set_sample_sink
 
         from .ingest import ingest
+        from .intake import enqueue
 
         # Protocol code hands its samples to the sink; storing them is this app's job.
         set_sample_sink(ingest)
+        # Pollers may queue samples instead, for `manage.py run_ingest` to store (TELEMETRY_INTAKE_QUEUE).
+        set_sample_queue(enqueue)

@@ -461,3 +461,13 @@ def dnp3_outstation():
     outstation = Dnp3Outstation()
     yield outstation
     outstation.stop()
+
+
+@pytest.fixture
+def tls_directory():
+    """A folder for certificates and keys that a Mosquitto started by the tests can read."""
+    # Mosquitto started as root reads its files as user mosquitto, which cannot enter pytest's tmp_path.
+    directory = Path(tempfile.mkdtemp(prefix="thermacore-tls-test-"))
+    directory.chmod(0o755)
+    yield directory
+    shutil.rmtree(directory)

@@ -1,7 +1,6 @@
 """MQTT over TLS with certificates of the tenant store, against a Mosquitto with a TLS listener on loopback."""
 
 import asyncio
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -37,14 +36,6 @@ def start_tls_broker(directory, pki):
     broker.start()
     return broker
 
-
-@pytest.fixture
-def tls_directory():
-    # Mosquitto started as root reads its files as user mosquitto, which cannot enter pytest's tmp_path.
-    directory = Path(tempfile.mkdtemp(prefix="thermacore-mqtt-tls-test-"))
-    directory.chmod(0o755)
-    yield directory
-    shutil.rmtree(directory)
 
 
 @pytest.fixture

@@ -345,3 +345,23 @@ def test_disabled_point_is_no_longer_read(alpha, register_server):
     poll_due_devices()
 
     assert Reading.objects.filter(sensor=point.sensor).count() == 1
+
+
+def test_queued_poll_is_stored_by_the_ingest_process(alpha, plant_simulator, settings):
+    from apps.telemetry import intake
+
+    settings.TELEMETRY_INTAKE_QUEUE = True
+    intake.get_client.cache_clear()
+    intake.get_client().delete(intake.STREAM_KEY)
+    configure_demo_plant(port=plant_simulator)
+    points = Point.objects.count()
+
+    summary = poll_due_devices()
+
+    assert summary.samples == points
+    assert Reading.objects.count() == 0
+    assert intake.backlog()["length"] == 1
+    intake.consume("test-poller", once=True)
+    assert Reading.objects.count() == points
+    assert intake.backlog()["length"] == 0
+    assert set(Device.objects.values_list("status", flat=True)) == {DeviceStatus.ONLINE}

@@ -23,19 +23,21 @@ class DeviceUnreachable(Exception):
 
 
 async def check_device_host(device):
-    """Raise DeviceUnreachable when the device's host resolves only to addresses no device may have.
+    """Resolve the device's host and return the address to connect to. Raise DeviceUnreachable when there is none.
 
-    Saving a device rejects such addresses, but a host name can resolve to one later (e.g. the
-    link-local metadata address), so every connect checks again. A name that does not resolve is
-    left to the connect, which reports it.
+    Saving a device rejects forbidden addresses, but a host name can resolve to one later (e.g. the
+    link-local metadata address), so every connect checks again. Drivers connect to the returned
+    address and not to the name, because a second lookup could return another address (DNS rebinding).
     """
     loop = asyncio.get_running_loop()
     try:
-        await loop.run_in_executor(None, check_resolved_host, device.host, device.port)
+        return await loop.run_in_executor(None, check_resolved_host, device.host, device.port)
     except ForbiddenHostError as exc:
         raise DeviceUnreachable(str(exc)) from exc
-    except OSError:
-        return
+    except OSError as exc:
+        raise DeviceUnreachable(
+            f"Resolving host {device.host!r} of device {device.pk} failed: {exc}. Check the host name or give an address."
+        ) from exc
 
 
 class WriteRejected(Exception):

@@ -119,7 +119,7 @@ class Dnp3Driver(SubscriptionDriver):
     async def connect(self):
         if self.channel is not None:
             return
-        await check_device_host(self.device)
+        ip_address = await check_device_host(self.device)
         self._loop = asyncio.get_running_loop()
         self._opened = self._loop.create_future()
         self._lost = self._loop.create_future()
@@ -133,7 +133,9 @@ class Dnp3Driver(SubscriptionDriver):
             opendnp3.TimeDuration.Milliseconds(max(CHANNEL_RETRY_MIN_MS, int(self.device.timeout * 1000))),
         )
         channel_id = f"{self.schema}-device-{self.device.pk}"
-        endpoints = [opendnp3.IPEndpoint(self.device.host, self.device.port)]
+        # opendnp3 reconnects by itself on its channel retries, so it gets the checked address and not the name.
+        # yadnp3 3.2's TLSConfig takes no server name, so TLS channels lose no host name check by this.
+        endpoints = [opendnp3.IPEndpoint(ip_address, self.device.port)]
         if self.device.client_certificate_id is not None:
             tls_config = self._write_tls_files()
             logger.info("Schema %s device %s: opening DNP3 TLS channel to %s", self.schema, self.device.pk, self.address)

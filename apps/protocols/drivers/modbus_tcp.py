@@ -11,9 +11,11 @@ taken as data: it fails the request like a transport error.
 
 import asyncio
 import logging
+import struct
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import NamedTuple
 
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusIOException
@@ -22,7 +24,7 @@ from apps.sensors.quality import Quality
 from apps.sensors.samples import Sample
 
 from ..choices import DataType, RegisterType
-from ..modbus.codec import decode_registers, encode_value, is_not_implemented
+from ..modbus.codec import NOT_IMPLEMENTED_INTEGERS, decode_registers, encode_value, is_not_implemented
 from .base import DeviceUnreachable, Driver, WriteRejected, check_device_host, register_driver
 
 logger = logging.getLogger(__name__)
@@ -80,6 +82,9 @@ class Block:
     start: int
     count: int
     points: list
+    # Structs that decode points straight from the reply's bytes (see ReadPlan), and how many points they decode.
+    decoders: list = field(default_factory=list)
+    decoded: int = 0
 
 
 def plan_blocks(points):
@@ -103,6 +108,146 @@ def plan_blocks(points):
     return blocks
 
 
+# struct codes of the numeric types the fast path decodes.
+_STRUCT_CODES = {
+    DataType.INT16: "h", DataType.UINT16: "H", DataType.INT32: "i", DataType.UINT32: "I",
+    DataType.INT64: "q", DataType.UINT64: "Q", DataType.FLOAT32: "f", DataType.FLOAT64: "d",
+}
+_FLOAT_TYPES = (DataType.FLOAT32, DataType.FLOAT64)
+# Builds a Sample from a 4-tuple without the keyword handling of Sample(), which cost twice as much.
+_new_tuple = tuple.__new__
+_NO_MARKERS = frozenset()
+# Register bytes as sent (big-endian words) or with the bytes of each word swapped; with a
+# big- or little-endian read they give all four byte orders (see the codec's module docstring).
+_AS_SENT, _BYTES_SWAPPED = 0, 1
+_LAYOUTS = {
+    "ABCD": (_AS_SENT, ">"), "DCBA": (_AS_SENT, "<"), "BADC": (_BYTES_SWAPPED, ">"), "CDAB": (_BYTES_SWAPPED, "<"),
+}
+
+
+class _Decoder(NamedTuple):
+    index: int
+    point: object
+    sensor_id: int
+    layout: int
+    endian: str
+    code: str
+    byte_offset: int
+    markers: frozenset
+    is_float: bool
+    bit: int | None
+    scale: float
+    offset: float
+
+
+class _Unpacker(NamedTuple):
+    """One struct that unpacks the raw values of several points of a block in one call.
+
+    All its points are of one ``kind`` (see _KINDS); ``tests`` holds the marker
+    set of each integer point and the bit number of each bit point.
+    """
+
+    layout: int
+    kind: str
+    unpack_from: object
+    decoders: tuple
+    indexes: tuple
+    sensor_ids: tuple
+    tests: tuple
+    scales: tuple
+    offsets: tuple
+
+
+class ReadPlan:
+    """The requests of one device's points and how to decode them, built once and reused for every poll.
+
+    The poller keeps a plan for as long as the device's points are unchanged
+    (apps.protocols.polling), so each poll only sends the requests and
+    unpacks the points of a block with one struct call per byte order.
+    Points that need more than that (bits of coils, SunSpec scale factors)
+    are decoded by ``_sample``.
+    """
+
+    __slots__ = ("points", "scale_factors", "blocks")
+
+    def __init__(self, points):
+        self.points = list(points)
+        self.scale_factors = {
+            (point.register_type, point.scale_factor_address): ScaleFactorRead(
+                point.register_type, point.scale_factor_address
+            )
+            for point in self.points
+            if point.scale_factor_address is not None
+        }
+        self.blocks = plan_blocks(self.points + list(self.scale_factors.values()))
+        index = {id(point): position for position, point in enumerate(self.points)}
+        for block in self.blocks:
+            decoders = [
+                decoder for item in block.points if id(item) in index
+                for decoder in [_decoder(index[id(item)], item, block.start)] if decoder is not None
+            ]
+            block.decoded = len(decoders)
+            block.decoders = _unpackers(decoders)
+
+
+def _decoder(index, point, block_start):
+    """Return the fast decoder of ``point``, or None when ``_sample`` must decode it."""
+    if point.register_type in BIT_REGISTER_TYPES or point.scale_factor_address is not None:
+        return None
+    if point.data_type == DataType.BIT:
+        code, markers = "H", _NO_MARKERS
+    elif point.data_type in _STRUCT_CODES:
+        code = _STRUCT_CODES[point.data_type]
+        markers = NOT_IMPLEMENTED_INTEGERS.get(point.data_type, _NO_MARKERS)
+    else:
+        return None
+    layout, endian = _LAYOUTS[point.byte_order]
+    return _Decoder(
+        index=index, point=point, sensor_id=point.sensor_id, layout=layout, endian=endian, code=code,
+        byte_offset=(point.address - block_start) * 2, markers=markers,
+        is_float=point.data_type in _FLOAT_TYPES, bit=point.bit if point.data_type == DataType.BIT else None,
+        scale=float(point.scale), offset=float(point.offset),
+    )
+
+
+def _kind(decoder):
+    return "bit" if decoder.bit is not None else "float" if decoder.is_float else "integer"
+
+
+def _unpackers(decoders):
+    """Group decoders by byte layout, endianness and kind into structs that skip the bytes between points.
+
+    A point that overlaps the previous one of its group (such as several bits
+    of one register) starts another struct, so each struct reads each byte once.
+    """
+    unpackers = []
+    groups = {}
+    for decoder in sorted(decoders, key=lambda decoder: decoder.byte_offset):
+        groups.setdefault((decoder.layout, decoder.endian, _kind(decoder)), []).append(decoder)
+    for (layout, endian, kind), members in groups.items():
+        pending = list(members)
+        while pending:
+            fields, taken, overlapping, end = [], [], [], 0
+            for decoder in pending:
+                if decoder.byte_offset < end:
+                    overlapping.append(decoder)
+                    continue
+                if decoder.byte_offset > end:
+                    fields.append(f"{decoder.byte_offset - end}x")
+                fields.append(decoder.code)
+                taken.append(decoder)
+                end = decoder.byte_offset + struct.calcsize(endian + decoder.code)
+            unpackers.append(_Unpacker(
+                layout=layout, kind=kind, unpack_from=struct.Struct(endian + "".join(fields)).unpack_from,
+                decoders=tuple(taken), indexes=tuple(decoder.index for decoder in taken),
+                sensor_ids=tuple(decoder.sensor_id for decoder in taken),
+                tests=tuple(decoder.bit if kind == "bit" else decoder.markers for decoder in taken),
+                scales=tuple(decoder.scale for decoder in taken), offsets=tuple(decoder.offset for decoder in taken),
+            ))
+            pending = overlapping
+    return unpackers
+
+
 @register_driver
 class ModbusTcpDriver(Driver):
     protocol = "modbus_tcp"
@@ -121,14 +266,17 @@ class ModbusTcpDriver(Driver):
         self._owns_client = False
 
     async def connect(self):
-        if self.client is None:
-            # The pymodbus client binds to the running event loop, so it is made here and not in __init__.
-            self.client = AsyncModbusTcpClient(
-                self.device.host, port=self.device.port, timeout=self.device.timeout, retries=0, reconnect_delay=0
-            )
-        if self.client.connected:
+        if self.client is not None and self.client.connected:
             return
-        await check_device_host(self.device)
+        if self._owns_client:
+            ip_address = await check_device_host(self.device)
+            if self.client is not None:
+                self.client.close()
+            # pymodbus resolves the host it was made with on every connect, so the client gets the checked
+            # address; it binds to the running event loop, so it is made here and not in __init__.
+            self.client = AsyncModbusTcpClient(
+                ip_address, port=self.device.port, timeout=self.device.timeout, retries=0, reconnect_delay=0
+            )
         started = time.monotonic()
         try:
             connected = await self.client.connect()
@@ -146,33 +294,90 @@ class ModbusTcpDriver(Driver):
         if self.client is not None and self._owns_client:
             self.client.close()
 
-    async def read(self, points):
-        self.point_errors = {}
-        points = list(points)
-        scale_factors = {
-            (point.register_type, point.scale_factor_address): ScaleFactorRead(
-                point.register_type, point.scale_factor_address
-            )
-            for point in points
-            if point.scale_factor_address is not None
-        }
-        items = points + list(scale_factors.values())
+    @classmethod
+    def prepare(cls, points):
+        """Return the ReadPlan of ``points``, which read() takes in place of the points."""
+        return ReadPlan(points)
 
+    async def read(self, points):
+        """Read ``points`` (a list of points or the ReadPlan of one) and return a Sample per point, in order."""
+        self.point_errors = {}
+        plan = points if isinstance(points, ReadPlan) else ReadPlan(points)
+        replies = [await self._read_plan_block(block) for block in plan.blocks]
+
+        samples = [None] * len(plan.points)
         # Keyed by id() because unsaved points have no hash.
         results = {}
-        for block in plan_blocks(items):
-            results.update(await self._read_block(block))
-
-        samples = []
-        for point in points:
-            scale_factor_read = scale_factors.get((point.register_type, point.scale_factor_address))
+        for block, reply in zip(plan.blocks, replies):
+            if isinstance(reply, dict):
+                results.update(reply)
+            else:
+                results.update(self._decode_block(block, reply, samples) or {})
+        for position, point in enumerate(plan.points):
+            if samples[position] is not None:
+                continue
+            scale_factor_read = plan.scale_factors.get((point.register_type, point.scale_factor_address))
             scale_factor_result = results[id(scale_factor_read)] if scale_factor_read else None
-            samples.append(self._sample(point, results[id(point)], scale_factor_result))
+            samples[position] = self._sample(point, results[id(point)], scale_factor_result)
         return samples
 
-    async def _read_block(self, block):
-        """Read one block and return a ReadResult for each of its items, keyed by id()."""
+    async def _read_plan_block(self, block):
+        """Return (time, registers or bits) of a block read without an exception, else ReadResults by id()."""
         response = await self._request(block.register_type, block.start, block.count)
+        if response.isError():
+            return await self._read_block(block, response)
+        now = datetime.now(timezone.utc)
+        return now, (response.bits if block.register_type in BIT_REGISTER_TYPES else response.registers)
+
+    def _decode_block(self, block, reply, samples):
+        """Fill ``samples`` for the points of a block read without an exception; leave the others to _sample()."""
+        now, values = reply
+        if block.decoded == len(block.points):
+            results = None
+        else:
+            results = {}
+            for item in block.points:
+                offset = item.address - block.start
+                results[id(item)] = ReadResult(now, values=list(values[offset:offset + item.register_count]))
+        if block.decoders:
+            count = len(values)
+            buffers = (struct.pack(f">{count}H", *values), struct.pack(f"<{count}H", *values))
+            good = Quality.GOOD
+            # One loop per kind keeps the per-value work to a comparison, a multiply and a Sample.
+            for unpacker in block.decoders:
+                raws = unpacker.unpack_from(buffers[unpacker.layout])
+                rows = zip(unpacker.indexes, unpacker.sensor_ids, unpacker.tests, unpacker.scales, unpacker.offsets, raws)
+                if unpacker.kind == "integer":
+                    for index, sensor_id, markers, scale, offset, raw in rows:
+                        if raw in markers:
+                            samples[index] = self._not_implemented(unpacker.decoders, index, block, values, now)
+                        else:
+                            samples[index] = _new_tuple(Sample, (sensor_id, now, raw * scale + offset, good))
+                elif unpacker.kind == "float":
+                    for index, sensor_id, _, scale, offset, raw in rows:
+                        # Only NaN differs from itself; the comparison skips a call to math.isnan per value.
+                        if raw != raw:  # noqa: PLR0124
+                            samples[index] = self._not_implemented(unpacker.decoders, index, block, values, now)
+                        else:
+                            samples[index] = _new_tuple(Sample, (sensor_id, now, raw * scale + offset, good))
+                else:
+                    for index, sensor_id, bit, _, _, raw in rows:
+                        samples[index] = _new_tuple(Sample, (sensor_id, now, float((raw >> bit) & 1), good))
+        return results
+
+    def _not_implemented(self, decoders, index, block, values, now):
+        point = next(decoder.point for decoder in decoders if decoder.index == index)
+        offset = point.address - block.start
+        registers = list(values[offset:offset + point.register_count])
+        return self._bad(
+            point, now, Quality.BAD_NOT_IMPLEMENTED,
+            f"registers {_hex(registers)} are the 'not implemented' marker of {point.data_type}",
+        )
+
+    async def _read_block(self, block, response=None):
+        """Read one block (or take its ``response``) and return a ReadResult for each of its items, keyed by id()."""
+        if response is None:
+            response = await self._request(block.register_type, block.start, block.count)
         now = datetime.now(timezone.utc)
         if not response.isError():
             values = response.bits if block.register_type in BIT_REGISTER_TYPES else response.registers

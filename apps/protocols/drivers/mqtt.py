@@ -26,6 +26,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import socket
 import ssl
 import tempfile
 import threading
@@ -87,6 +88,28 @@ class RetainedMessageTimes:
 retained_message_times = RetainedMessageTimes()
 
 
+class _CheckedAddressClient(mqtt.Client):
+    """A paho client that opens its TCP connection to an address the host check returned.
+
+    connect() still gets the device's host name, because paho 2.2 sends that name as TLS SNI
+    and checks the broker certificate against it.
+    """
+
+    def __init__(self, *args, ip_address, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.ip_address = ip_address
+
+    # NOTE: this overrides a private method of paho-mqtt 2.2, which _create_socket() calls on each connect.
+    # A paho upgrade must keep this override working, or the client resolves the host name again.
+    def _create_socket_connection(self):
+        address = (self.ip_address, self._port)
+        source = (self._bind_address, self._bind_port)
+        proxy = self._get_proxy()
+        if proxy:
+            return mqtt.socks.create_connection(address, timeout=self._connect_timeout, source_address=source, **proxy)
+        return socket.create_connection(address, timeout=self._connect_timeout, source_address=source)
+
+
 @register_driver
 class MqttDriver(SubscriptionDriver):
     protocol = "mqtt"
@@ -123,12 +146,12 @@ class MqttDriver(SubscriptionDriver):
     async def connect(self):
         if self.connected:
             return
-        await check_device_host(self.device)
+        ip_address = await check_device_host(self.device)
         self._loop = asyncio.get_running_loop()
         self._connect_result = self._loop.create_future()
         self._lost = self._loop.create_future()
         self._closing = False
-        self.client = self._make_client()
+        self.client = self._make_client(ip_address)
         address = f"{self.device.host}:{self.device.port}"
         try:
             await asyncio.wait_for(
@@ -172,9 +195,10 @@ class MqttDriver(SubscriptionDriver):
         # disconnect() and loop_stop() wait for the network thread, so keep them off the event loop.
         await asyncio.to_thread(_stop_client, client)
 
-    def _make_client(self):
-        client = mqtt.Client(
+    def _make_client(self, ip_address):
+        client = _CheckedAddressClient(
             CallbackAPIVersion.VERSION2,
+            ip_address=ip_address,
             client_id=self.client_id,
             clean_session=self.clean_session,
             protocol=mqtt.MQTTv311,

@@ -35,6 +35,21 @@ _INTEGER_RANGES = {
 }
 
 
+class _CheckedAddressClient(Client):
+    """An asyncua client that opens its socket to an address the host check returned.
+
+    The endpoint URL that the client sends in Hello, GetEndpoints and CreateSession keeps the host name.
+    """
+
+    def __init__(self, url, *, ip_address, **kwargs):
+        super().__init__(url, **kwargs)
+        self.ip_address = ip_address
+
+    async def connect_socket(self):
+        # asyncua 2.1 opens every connection (connect, sessionless calls) through this method.
+        await self.uaclient.connect_socket(self.ip_address, self.server_url.port)
+
+
 @register_driver
 class OpcUaDriver(SubscriptionDriver):
     protocol = "opcua"
@@ -54,9 +69,11 @@ class OpcUaDriver(SubscriptionDriver):
     async def connect(self):
         if self.client is not None:
             return
-        await check_device_host(self.device)
+        ip_address = await check_device_host(self.device)
         self._lost = asyncio.get_running_loop().create_future()
-        client = Client(self.url, timeout=self.device.timeout, watchdog_intervall=min(self.device.timeout, 5.0))
+        client = _CheckedAddressClient(
+            self.url, ip_address=ip_address, timeout=self.device.timeout, watchdog_intervall=min(self.device.timeout, 5.0)
+        )
         if self.device.username:
             client.set_user(self.device.username)
             client.set_password(self.device.password)

@@ -28,6 +28,7 @@ __all__ = [
     "BYTE_ORDERS",
     "DATA_TYPES",
     "INTEGER_RANGES",
+    "NOT_IMPLEMENTED_INTEGERS",
     "decode_registers",
     "encode_value",
     "is_not_implemented",
@@ -63,7 +64,7 @@ INTEGER_RANGES: dict[str, tuple[int, int]] = {
 
 # SunSpec "not implemented" values, plus all-ones words that some gateways return on a
 # communication error. Compared with the value after the byte order has been applied.
-_NOT_IMPLEMENTED_INTEGERS: dict[str, frozenset[int]] = {
+NOT_IMPLEMENTED_INTEGERS: dict[str, frozenset[int]] = {
     "int16": frozenset({-(2**15)}),
     "uint16": frozenset({0xFFFF}),
     "int32": frozenset({-(2**31)}),
@@ -200,7 +201,7 @@ def is_not_implemented(registers: Sequence[int], data_type: str, byte_order: str
         return math.isnan(_decode_number(words, data_type, byte_order))
 
     number_type = "uint16" if data_type == "bit" else data_type
-    return _decode_number(words, number_type, byte_order) in _NOT_IMPLEMENTED_INTEGERS[data_type]
+    return _decode_number(words, number_type, byte_order) in NOT_IMPLEMENTED_INTEGERS[data_type]
 
 
 def _check_data_type(data_type: str) -> None:

@@ -50,7 +50,8 @@ def settings_hash(device):
 @dataclass
 class PooledConnection:
     key: tuple
-    client: AsyncModbusTcpClient
+    # Made by each connect, for the address that the host check returned; None until the first connect.
+    client: AsyncModbusTcpClient | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     last_used: float = field(default_factory=time.monotonic)
     # Whether a poll has used the connection since it was opened, so an error may mean it went stale.
@@ -85,16 +86,13 @@ class ModbusConnectionPool:
             self._close(identity, entry)
             entry = None
         if entry is None:
-            client = AsyncModbusTcpClient(
-                device.host, port=device.port, timeout=device.timeout, retries=0, reconnect_delay=0
-            )
-            entry = PooledConnection(key, client)
+            entry = PooledConnection(key)
             self.connections[identity] = entry
 
         async with entry.lock:
             # A connection discarded while this poll waited for the lock is put back into service.
             self.connections.setdefault(identity, entry)
-            if not entry.client.connected:
+            if entry.client is None or not entry.client.connected:
                 await self._connect(schema, device, entry)
             try:
                 yield entry
@@ -142,10 +140,16 @@ class ModbusConnectionPool:
         address = f"{device.host}:{device.port}"
         was_open = entry.reused
         try:
-            await check_device_host(device)
+            ip_address = await check_device_host(device)
         except DeviceUnreachable as exc:
             self._close((schema, device.pk), entry)
             raise ConnectFailed(str(exc)) from exc
+        if entry.client is not None:
+            entry.client.close()
+        # pymodbus resolves the host it was made with on every connect, so the client gets the checked address.
+        entry.client = AsyncModbusTcpClient(
+            ip_address, port=device.port, timeout=device.timeout, retries=0, reconnect_delay=0
+        )
         started = time.monotonic()
         try:
             connected = await entry.client.connect()
@@ -163,12 +167,13 @@ class ModbusConnectionPool:
         self.opened += 1
         entry.reused = False
         logger.info(
-            "Schema %s device %s: %s Modbus TCP connection to %s",
-            schema, device.pk, "reopened the" if was_open else "opened a", address,
+            "Schema %s device %s: %s Modbus TCP connection to %s (%s)",
+            schema, device.pk, "reopened the" if was_open else "opened a", address, ip_address,
         )
 
     def _close(self, identity, entry):
-        entry.client.close()
+        if entry.client is not None:
+            entry.client.close()
         if self.connections.get(identity) is entry:
             del self.connections[identity]
 
