@@ -59,11 +59,21 @@ MAX_BACKOFF_SECONDS = 30.0
 MAX_BLOCK_MS = 5000
 
 
+# Seconds a producer stores its batches directly after an XADD failed, before it tries the stream again.
+PRODUCER_PAUSE_SECONDS = 30.0
+_producer_paused_until = 0.0
+
+
 @cache
 def get_client():
-    # The socket timeout bounds how long a hung Redis stalls a poller's XADD. It must exceed the longest
-    # XREADGROUP block (MAX_BLOCK_MS), or a blocked read would time out.
+    # The socket timeout must exceed the longest XREADGROUP block (MAX_BLOCK_MS), or a blocked read would time out.
     return redis.Redis.from_url(settings.TELEMETRY_SPOOL_URL, socket_timeout=10, socket_connect_timeout=5)
+
+
+@cache
+def get_producer_client():
+    # A hung Redis holds a poller's XADD for at most this long, after which the batch is stored directly.
+    return redis.Redis.from_url(settings.TELEMETRY_SPOOL_URL, socket_timeout=2, socket_connect_timeout=2)
 
 
 class DecodeError(ValueError):
@@ -182,13 +192,18 @@ def enqueue(schema, samples):
         queued, direct = _split_encodable(samples)
         payload = encode_samples(queued) if queued else None
 
+    global _producer_paused_until
+    if payload is not None and time.monotonic() < _producer_paused_until:
+        return _ingest_directly(schema, samples)
     if payload is not None:
         try:
-            get_client().xadd(STREAM_KEY, {"schema": schema, "samples": payload})
+            get_producer_client().xadd(STREAM_KEY, {"schema": schema, "samples": payload})
         except redis.RedisError as exc:
+            _producer_paused_until = time.monotonic() + PRODUCER_PAUSE_SECONDS
             logger.warning(
-                "Schema %s: appending %d samples to the intake stream failed (%s); storing them directly",
-                schema, len(samples), exc,
+                "Schema %s: appending %d samples to the intake stream failed (%s); storing them and the "
+                "batches of the next %.0f s directly",
+                schema, len(samples), exc, PRODUCER_PAUSE_SECONDS,
             )
             return _ingest_directly(schema, samples)
     accepted_count = len(queued) if payload is not None else 0
@@ -303,6 +318,9 @@ class IntakeTotals:
     dead_letters: int = 0
 
 
+MAX_CLAIM_IDLE_SECONDS = 86400
+
+
 def _check_options(name, block_ms, max_samples, flush_ms, claim_idle_seconds):
     if not isinstance(name, str) or not name:
         raise ValueError(f"Invalid consumer name {name!r}. Pass a non-empty name, e.g. '<hostname>:<pid>'.")
@@ -312,9 +330,11 @@ def _check_options(name, block_ms, max_samples, flush_ms, claim_idle_seconds):
         raise ValueError(f"Invalid max_samples {max_samples}. Pass 1 or more.")
     if flush_ms < 1:
         raise ValueError(f"Invalid flush_ms {flush_ms}. Pass 1 millisecond or more.")
-    if claim_idle_seconds < 0:
+    # XAUTOCLAIM takes the idle time in whole milliseconds as a 64-bit integer; a day is more than enough.
+    if not (isinstance(claim_idle_seconds, (int, float)) and 0 <= claim_idle_seconds <= MAX_CLAIM_IDLE_SECONDS):
         raise ValueError(
-            f"Invalid claim idle time {claim_idle_seconds} s. Pass 0 or more (THERMACORE_INTAKE_CLAIM_IDLE_SECONDS)."
+            f"Invalid claim idle time {claim_idle_seconds!r} s. Pass 0 to {MAX_CLAIM_IDLE_SECONDS} seconds "
+            "(THERMACORE_INTAKE_CLAIM_IDLE_SECONDS or --claim-idle)."
         )
 
 
@@ -405,6 +425,8 @@ class IntakeConsumer:
         if isinstance(exc, redis.RedisError):
             # NOGROUP after a Redis restart without its data: create the group again on the next attempt.
             self._group_ready = False
+            # Entries read before the error stay pending on this consumer but left memory; read them again.
+            self._own_pending_read = False
         if isinstance(exc, (OperationalError, InterfaceError)):
             connection.close_if_unusable_or_obsolete()
         if stop is None:

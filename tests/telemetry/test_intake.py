@@ -9,7 +9,9 @@ import json
 import logging
 import math
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -20,7 +22,7 @@ import psycopg
 import pytest
 import redis
 from django.conf import settings
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.db import connection
 from django_tenants.utils import schema_context
 
@@ -38,12 +40,13 @@ PORTS = range(24100, 24200)
 
 
 @pytest.fixture(autouse=True)
-def _fresh_clients():
-    intake.get_client.cache_clear()
-    spool.get_client.cache_clear()
+def _fresh_clients(monkeypatch):
+    monkeypatch.setattr(intake, "_producer_paused_until", 0.0)
+    for client in (intake.get_client, intake.get_producer_client, spool.get_client):
+        client.cache_clear()
     yield
-    intake.get_client.cache_clear()
-    spool.get_client.cache_clear()
+    for client in (intake.get_client, intake.get_producer_client, spool.get_client):
+        client.cache_clear()
 
 
 @pytest.fixture
@@ -230,6 +233,44 @@ def test_enqueue_ingests_directly_when_redis_is_down(alpha, settings, caplog):
     with connection.cursor() as cursor:
         cursor.execute("SELECT value FROM telemetry_reading WHERE sensor_id = %s", [sensor.id])
         assert cursor.fetchall() == [(5.0,)]
+
+
+def test_hung_redis_pauses_the_queue(alpha, settings, caplog):
+    sensor = SensorFactory(minimum=0, maximum=100)
+    # A listening socket that accepts and never answers, as a hung Redis does.
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", free_port_in(PORTS)))
+    silent.listen(8)
+    settings.TELEMETRY_SPOOL_URL = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
+    intake.get_producer_client.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="apps.telemetry.intake"):
+            started = time.monotonic()
+            first = intake.enqueue("alpha", [Sample(sensor.id, T0, 5.0, 0)])
+            first_seconds = time.monotonic() - started
+            started = time.monotonic()
+            second = intake.enqueue("alpha", [Sample(sensor.id, T0 + timedelta(seconds=1), 6.0, 0)])
+            second_seconds = time.monotonic() - started
+    finally:
+        silent.close()
+
+    assert (first, second) == (1, 1)
+    # The first batch waited for the producer's socket timeout, the second did not try the stream at all.
+    assert first_seconds < 5
+    assert second_seconds < first_seconds
+    assert caplog.text.count("appending 1 samples to the intake stream failed") == 1
+    assert "batches of the next 30 s directly" in caplog.text
+    assert len(_stored([sensor])[sensor.id]) == 2
+
+
+def test_run_ingest_backlog_names_unreachable_redis(settings):
+    settings.TELEMETRY_SPOOL_URL = f"redis://:secret@127.0.0.1:{free_port_in(PORTS)}/0"
+    intake.get_client.cache_clear()
+
+    with pytest.raises(CommandError, match=r"Cannot read the intake stream at redis://:\*\*\*@127\.0\.0\.1:\d+/0") as error:
+        call_command("run_ingest", "--backlog")
+
+    assert "secret" not in str(error.value)
 
 
 # Hand-off from protocol code ----------------------------------------------
@@ -519,8 +560,9 @@ def test_consumer_rejects_invalid_options():
         intake.IntakeConsumer("c", block_ms=0)
     with pytest.raises(ValueError, match="Invalid max_samples 0"):
         intake.IntakeConsumer("c", max_samples=0)
-    with pytest.raises(ValueError, match="Invalid claim idle time -1 s"):
-        intake.IntakeConsumer("c", claim_idle_seconds=-1)
+    for claim_idle in (-1, 1e300, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match=re.escape(f"Invalid claim idle time {claim_idle!r} s. Pass 0 to 86400 seconds")):
+            intake.IntakeConsumer("c", claim_idle_seconds=claim_idle)
     with pytest.raises(ValueError, match="Invalid consumer name ''"):
         intake.IntakeConsumer("")
 
@@ -570,6 +612,27 @@ def test_consumer_survives_redis_restart(committed_sensors, django_db_blocker, t
     assert outcome["totals"].stored == len(before) + len(after)
     assert "retrying in" in caplog.text
     assert left == 0
+
+
+def test_entries_read_before_a_redis_error_are_read_again(committed_sensors, django_db_blocker):
+    samples = _batch(committed_sensors, 0, 5)
+    consumer = intake.IntakeConsumer("rereader", claim_idle_seconds=60)
+    with django_db_blocker.unblock():
+        intake.enqueue("alpha", samples)
+        consumer._ensure_group()
+        # The consumer read the entry and had it only in memory when Redis failed.
+        _client().xreadgroup(GROUP, "rereader", {STREAM_KEY: ">"}, count=10)
+        consumer._own_pending_read = True
+        stopped = threading.Event()
+        stopped.set()
+        consumer._back_off(redis.ConnectionError("Connection reset by peer"), stopped)
+
+        totals = consumer.run(once=True)
+
+    # Taken up again at once, not after the 60 s claim idle time.
+    assert totals.stored == len(samples)
+    assert _stored(committed_sensors) == _expected(committed_sensors, samples)
+    assert _client().xlen(STREAM_KEY) == 0
 
 
 def _wait_for(condition, timeout=30):

@@ -7,6 +7,7 @@ import socket
 import threading
 from urllib.parse import urlsplit, urlunsplit
 
+import redis
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
@@ -40,8 +41,9 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--claim-idle", type=float, default=None,
-            help="Seconds an entry read by another consumer may stay unacknowledged before this one takes it over "
-            "(default: THERMACORE_INTAKE_CLAIM_IDLE_SECONDS).",
+            help="Seconds an entry read by another consumer may stay unacknowledged before this one takes it over, "
+            "0 to 86400 (default: THERMACORE_INTAKE_CLAIM_IDLE_SECONDS). 0 also takes entries from consumers that "
+            "are still storing them, which stores them twice (ingest keeps one row): use it only when no other runs.",
         )
         parser.add_argument(
             "--backlog", action="store_true",
@@ -50,7 +52,13 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         if options["backlog"]:
-            self.stdout.write(json.dumps(intake.backlog()))
+            try:
+                self.stdout.write(json.dumps(intake.backlog()))
+            except redis.RedisError as exc:
+                raise CommandError(
+                    f"Cannot read the intake stream at {_redacted(settings.TELEMETRY_SPOOL_URL)}: {exc}. "
+                    "Check that Redis runs and THERMACORE_SPOOL_URL points to it."
+                ) from None
             return
         name = options["name"] or f"{socket.gethostname()}:{os.getpid()}"
         try:
