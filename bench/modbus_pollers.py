@@ -271,8 +271,8 @@ def run_thermacore(devices, port, commands, profile_path=None, ingest_mode="duri
         try:
             reply({"event": "ready", **describe()})
 
-            # NOTE: cProfile sees only this thread (claim, hand-off, status updates); the polls
-            # themselves run in poll_due_devices' own thread and show up as the wait for their outcomes.
+            # NOTE: cProfile profiles only this thread (claim, hand-off, status updates). The polls run
+            # in poll_due_devices' own thread and show up here as the wait for their outcomes.
             profiler = cProfile.Profile() if profile_path else None
 
             def poll_cycle():

@@ -50,8 +50,8 @@ OUTBOX_LIMIT = 100
 # Value updates to one client are merged to the newest value per sensor and
 # sent at most once per this interval, in seconds, and not before the client
 # has taken the previous message. A browser repaints about every 17 ms, so
-# HTML gets at most 40 messages a second; JSON clients (historians, HMIs,
-# bridges) may get one every 10 ms.
+# HTML gets at most 40 messages a second. JSON clients (historians, HMIs,
+# bridges) get at most 100.
 COALESCE_SECONDS = {"html": 0.025, "json": 0.010}
 # Time a stalled client gets to take the close frame before the connection ends without it.
 CLOSE_TIMEOUT_SECONDS = 5

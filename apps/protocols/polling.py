@@ -4,8 +4,8 @@ One call polls every device that is due, concurrently on the worker process's
 long-lived poll loop (apps.protocols.modbus.pool), where Modbus TCP connections
 stay open from one poll to the next. The devices that finish within
 STORE_DELAY_SECONDS of each other are stored together: one hand-off to
-ingest, one UPDATE for their status and at most one for their point errors. A slow device
-therefore holds back the others by STORE_DELAY_SECONDS at most. Each poll has a
+ingest, one UPDATE for their status and at most one for their point errors. A
+slow device therefore holds back the others by STORE_DELAY_SECONDS at most. Each poll has a
 time budget. A device that does not respond within it is marked offline and
 polled again after an exponential back-off. Nothing a device does can raise
 out of ``poll_due_devices``.
@@ -155,7 +155,7 @@ def _attach_points(devices):
             # A point edited after the versions query gets read again at the next poll.
             errors = {point.pk: point.last_error for point in points if point.last_error}
             _point_cache[(schema, device.pk)] = (
-                versions.get(device.pk), enabled, _prepare(device.protocol, enabled), errors,
+                versions.get(device.pk), enabled, get_driver(device.protocol).prepare(enabled), errors,
             )
         _freeze_long_lived()
 
@@ -187,12 +187,6 @@ def _freeze_long_lived():
     logger.debug("Froze %d long-lived objects of the poll worker", gc.get_freeze_count())
 
 
-def _prepare(protocol, points):
-    """Return what the protocol's driver reads fastest for ``points``: its read plan, or the points themselves."""
-    prepare = getattr(get_driver(protocol), "prepare", None)
-    return prepare(points) if prepare is not None else points
-
-
 def poll_due_devices(now=None, candidates=None):
     """Poll the due devices of the current schema, store their samples and update their status."""
     schema = connection.schema_name
@@ -213,8 +207,8 @@ def poll_due_devices(now=None, candidates=None):
 class _OutcomeBatcher:
     """Collects poll outcomes on the poll loop and passes them on in lists, STORE_DELAY_SECONDS after the first.
 
-    The storing thread so wakes a few times per cycle instead of once per
-    device: each wake-up moved the GIL between the two threads, which cost
+    The storing thread then wakes a few times per cycle instead of once per
+    device. Each wake-up moved the GIL between the two threads, which cost
     more CPU per poll as devices were added (bench/modbus_scaling.py).
     """
 
@@ -337,7 +331,7 @@ async def _read_pooled(pool, schema, device, outcome):
 
 def _read_plan(device):
     """Return the cached read plan of a claimed device, or its points when it was not claimed here."""
-    return getattr(device, "read_plan", None) or device.enabled_points
+    return getattr(device, "read_plan", device.enabled_points)
 
 
 def _new_status(outcome, claimed_at, now):

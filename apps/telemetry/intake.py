@@ -72,7 +72,7 @@ def get_client():
 
 @cache
 def get_producer_client():
-    # A hung Redis holds a poller's XADD for at most this long, after which the batch is stored directly.
+    # A hung Redis delays a poller's XADD by at most this timeout, after which the batch is stored directly.
     return redis.Redis.from_url(settings.TELEMETRY_SPOOL_URL, socket_timeout=2, socket_connect_timeout=2)
 
 

@@ -96,7 +96,7 @@ def test_cases_from_public_reports():
     assert sample.value == pytest.approx(1000.00)
 
 
-def test_not_implemented_markers_are_bad_with_the_registers_named():
+def test_markers_read_bad_with_registers():
     points, _ = layout(["uint64", "uint64", "int16", "float32"], "ABCD")
     registers = [0xFFFF] * 4 + [0x7FFF, 0xFFFF, 0xFFFF, 0xFFFF] + [0x8000] + [0x7FC0, 0x0000]
 
@@ -108,7 +108,7 @@ def test_not_implemented_markers_are_bad_with_the_registers_named():
     assert errors[3] == "holding 8: registers [0x8000] are the 'not implemented' marker of int16"
 
 
-def test_points_the_plan_cannot_decode_are_left_to_the_general_path():
+def test_scale_factor_points_use_general_path():
     scaled = Point(id=1, sensor_id=301, register_type="holding", address=0, data_type="int32", scale_factor_address=3)
     plain = Point(id=2, sensor_id=302, register_type="holding", address=4, data_type="uint16")
 

@@ -237,7 +237,7 @@ def test_enqueue_ingests_directly_when_redis_is_down(alpha, settings, caplog):
 
 def test_hung_redis_pauses_the_queue(alpha, settings, caplog):
     sensor = SensorFactory(minimum=0, maximum=100)
-    # A listening socket that accepts and never answers, as a hung Redis does.
+    # A listening socket that accepts connections and never replies, as a hung Redis does.
     silent = socket.socket()
     silent.bind(("127.0.0.1", free_port_in(PORTS)))
     silent.listen(8)
@@ -614,7 +614,7 @@ def test_consumer_survives_redis_restart(committed_sensors, django_db_blocker, t
     assert left == 0
 
 
-def test_entries_read_before_a_redis_error_are_read_again(committed_sensors, django_db_blocker):
+def test_pending_entries_reread_after_redis_error(committed_sensors, django_db_blocker):
     samples = _batch(committed_sensors, 0, 5)
     consumer = intake.IntakeConsumer("rereader", claim_idle_seconds=60)
     with django_db_blocker.unblock():

@@ -65,9 +65,18 @@ class Driver(ABC):
     async def connect(self):
         """Open the connection; raise DeviceUnreachable when the device does not respond."""
 
+    @classmethod
+    def prepare(cls, points):
+        """Return what read() takes for ``points``, prepared once so that repeated reads cost less.
+
+        The poller keeps the result for as long as the points are unchanged. This
+        default returns the points; the Modbus TCP driver returns a read plan.
+        """
+        return list(points)
+
     @abstractmethod
     async def read(self, points):
-        """Read ``points`` and return one Sample per point, bad ones included."""
+        """Read ``points`` (or what prepare() made of them) and return one Sample per point, bad ones included."""
 
     @abstractmethod
     async def write(self, point, value):

@@ -6,7 +6,7 @@ the points of that block are read one by one, so that only the points the
 device really rejects are marked bad. SunSpec scale-factor registers are read
 in the same pass as the points that use them. A reply that cannot belong to its
 request (transaction id 0, another function code, another item count) is never
-taken as data: it fails the request like a transport error.
+in_struct as data: it fails the request like a transport error.
 """
 
 import asyncio
@@ -85,6 +85,8 @@ class Block:
     # Structs that decode points straight from the reply's bytes (see ReadPlan), and how many points they decode.
     decoders: list = field(default_factory=list)
     decoded: int = 0
+    # Byte layouts (_AS_SENT, _BYTES_SWAPPED) that the decoders read, so a poll packs only those.
+    layouts: frozenset = frozenset()
 
 
 def plan_blocks(points):
@@ -117,8 +119,8 @@ _FLOAT_TYPES = (DataType.FLOAT32, DataType.FLOAT64)
 # Builds a Sample from a 4-tuple without the keyword handling of Sample(), which cost twice as much.
 _new_tuple = tuple.__new__
 _NO_MARKERS = frozenset()
-# Register bytes as sent (big-endian words) or with the bytes of each word swapped; with a
-# big- or little-endian read they give all four byte orders (see the codec's module docstring).
+# Register bytes as sent (big-endian words) or with the bytes of each word swapped. Read big- or
+# little-endian, these two layouts give all four byte orders (see the codec's module docstring).
 _AS_SENT, _BYTES_SWAPPED = 0, 1
 _LAYOUTS = {
     "ABCD": (_AS_SENT, ">"), "DCBA": (_AS_SENT, "<"), "BADC": (_BYTES_SWAPPED, ">"), "CDAB": (_BYTES_SWAPPED, "<"),
@@ -133,8 +135,8 @@ class _Decoder(NamedTuple):
     endian: str
     code: str
     byte_offset: int
+    kind: str
     markers: frozenset
-    is_float: bool
     bit: int | None
     scale: float
     offset: float
@@ -143,8 +145,8 @@ class _Decoder(NamedTuple):
 class _Unpacker(NamedTuple):
     """One struct that unpacks the raw values of several points of a block in one call.
 
-    All its points are of one ``kind`` (see _KINDS); ``tests`` holds the marker
-    set of each integer point and the bit number of each bit point.
+    All its points are of one ``kind``: "integer", "float" or "bit". ``tests``
+    contains the marker set of each integer point and the bit number of each bit point.
     """
 
     layout: int
@@ -182,12 +184,17 @@ class ReadPlan:
         self.blocks = plan_blocks(self.points + list(self.scale_factors.values()))
         index = {id(point): position for position, point in enumerate(self.points)}
         for block in self.blocks:
-            decoders = [
-                decoder for item in block.points if id(item) in index
-                for decoder in [_decoder(index[id(item)], item, block.start)] if decoder is not None
-            ]
+            decoders = []
+            for item in block.points:
+                # Scale-factor registers are no points of their own.
+                if id(item) not in index:
+                    continue
+                decoder = _decoder(index[id(item)], item, block.start)
+                if decoder is not None:
+                    decoders.append(decoder)
             block.decoded = len(decoders)
             block.decoders = _unpackers(decoders)
+            block.layouts = frozenset(decoder.layout for decoder in decoders)
 
 
 def _decoder(index, point, block_start):
@@ -195,23 +202,21 @@ def _decoder(index, point, block_start):
     if point.register_type in BIT_REGISTER_TYPES or point.scale_factor_address is not None:
         return None
     if point.data_type == DataType.BIT:
-        code, markers = "H", _NO_MARKERS
+        code, kind, markers = "H", "bit", _NO_MARKERS
+    elif point.data_type in _FLOAT_TYPES:
+        code, kind, markers = _STRUCT_CODES[point.data_type], "float", _NO_MARKERS
     elif point.data_type in _STRUCT_CODES:
-        code = _STRUCT_CODES[point.data_type]
+        code, kind = _STRUCT_CODES[point.data_type], "integer"
         markers = NOT_IMPLEMENTED_INTEGERS.get(point.data_type, _NO_MARKERS)
     else:
         return None
     layout, endian = _LAYOUTS[point.byte_order]
     return _Decoder(
         index=index, point=point, sensor_id=point.sensor_id, layout=layout, endian=endian, code=code,
-        byte_offset=(point.address - block_start) * 2, markers=markers,
-        is_float=point.data_type in _FLOAT_TYPES, bit=point.bit if point.data_type == DataType.BIT else None,
+        byte_offset=(point.address - block_start) * 2, kind=kind, markers=markers,
+        bit=point.bit if kind == "bit" else None,
         scale=float(point.scale), offset=float(point.offset),
     )
-
-
-def _kind(decoder):
-    return "bit" if decoder.bit is not None else "float" if decoder.is_float else "integer"
 
 
 def _unpackers(decoders):
@@ -223,11 +228,11 @@ def _unpackers(decoders):
     unpackers = []
     groups = {}
     for decoder in sorted(decoders, key=lambda decoder: decoder.byte_offset):
-        groups.setdefault((decoder.layout, decoder.endian, _kind(decoder)), []).append(decoder)
+        groups.setdefault((decoder.layout, decoder.endian, decoder.kind), []).append(decoder)
     for (layout, endian, kind), members in groups.items():
         pending = list(members)
         while pending:
-            fields, taken, overlapping, end = [], [], [], 0
+            fields, in_struct, overlapping, end = [], [], [], 0
             for decoder in pending:
                 if decoder.byte_offset < end:
                     overlapping.append(decoder)
@@ -235,14 +240,14 @@ def _unpackers(decoders):
                 if decoder.byte_offset > end:
                     fields.append(f"{decoder.byte_offset - end}x")
                 fields.append(decoder.code)
-                taken.append(decoder)
+                in_struct.append(decoder)
                 end = decoder.byte_offset + struct.calcsize(endian + decoder.code)
             unpackers.append(_Unpacker(
                 layout=layout, kind=kind, unpack_from=struct.Struct(endian + "".join(fields)).unpack_from,
-                decoders=tuple(taken), indexes=tuple(decoder.index for decoder in taken),
-                sensor_ids=tuple(decoder.sensor_id for decoder in taken),
-                tests=tuple(decoder.bit if kind == "bit" else decoder.markers for decoder in taken),
-                scales=tuple(decoder.scale for decoder in taken), offsets=tuple(decoder.offset for decoder in taken),
+                decoders=tuple(in_struct), indexes=tuple(decoder.index for decoder in in_struct),
+                sensor_ids=tuple(decoder.sensor_id for decoder in in_struct),
+                tests=tuple(decoder.bit if kind == "bit" else decoder.markers for decoder in in_struct),
+                scales=tuple(decoder.scale for decoder in in_struct), offsets=tuple(decoder.offset for decoder in in_struct),
             ))
             pending = overlapping
     return unpackers
@@ -273,7 +278,7 @@ class ModbusTcpDriver(Driver):
             if self.client is not None:
                 self.client.close()
             # pymodbus resolves the host it was made with on every connect, so the client gets the checked
-            # address; it binds to the running event loop, so it is made here and not in __init__.
+            # address. The client binds to the running event loop, so it is made here and not in __init__.
             self.client = AsyncModbusTcpClient(
                 ip_address, port=self.device.port, timeout=self.device.timeout, retries=0, reconnect_delay=0
             )
@@ -341,7 +346,10 @@ class ModbusTcpDriver(Driver):
                 results[id(item)] = ReadResult(now, values=list(values[offset:offset + item.register_count]))
         if block.decoders:
             count = len(values)
-            buffers = (struct.pack(f">{count}H", *values), struct.pack(f"<{count}H", *values))
+            buffers = (
+                struct.pack(f">{count}H", *values) if _AS_SENT in block.layouts else None,
+                struct.pack(f"<{count}H", *values) if _BYTES_SWAPPED in block.layouts else None,
+            )
             good = Quality.GOOD
             # One loop per kind keeps the per-value work to a comparison, a multiply and a Sample.
             for unpacker in block.decoders:

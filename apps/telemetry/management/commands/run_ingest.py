@@ -80,8 +80,8 @@ class Command(BaseCommand):
             stop.set()
 
         previous = {signum: signal.signal(signum, request_stop) for signum in (signal.SIGTERM, signal.SIGINT)}
-        # Each batch allocates a sample per reading, which starts collections that would walk every
-        # module and cached object again; frozen at start, they are left out (gc.freeze).
+        # Each batch allocates a sample per reading, and those allocations start garbage collections.
+        # Freezing the objects that exist at start keeps those collections from walking them again.
         gc.collect()
         gc.freeze()
         logger.info(
