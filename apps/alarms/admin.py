@@ -188,7 +188,9 @@ class NotificationTargetAdmin(AuditedModelAdminMixin, admin.ModelAdmin):
 
 @admin.register(NotificationDelivery)
 class NotificationDeliveryAdmin(admin.ModelAdmin):
-    list_display = ("created_at", "target", "alarm", "event", "status", "attempts", "response_status", "delivered_at")
+    list_display = (
+        "created_at", "target", "alarm", "event", "status", "attempts", "response_status", "delivered_at", "claimed_until"
+    )
     list_filter = ("status", "event", "target")
     list_select_related = ("target", "alarm")
 

@@ -447,7 +447,8 @@ class NotificationDeliverySerializer(serializers.ModelSerializer):
     class Meta:
         model = NotificationDelivery
         fields = (
-            "id", "target", "alarm", "event", "status", "attempts", "response_status", "last_error", "created_at", "delivered_at"
+            "id", "target", "alarm", "event", "status", "attempts", "response_status", "last_error", "created_at",
+            "delivered_at", "claimed_until",
         )
         read_only_fields = fields
 

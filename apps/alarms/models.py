@@ -443,6 +443,15 @@ class NotificationDelivery(models.Model):
     last_error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     delivered_at = models.DateTimeField(null=True, blank=True)
+    # A task sends the delivery only while it holds the claim (see notifications.attempt_delivery).
+    claimed_until = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="End of the lease of the task that is sending this delivery; empty when unclaimed.",
+    )
+    claim_token = models.UUIDField(
+        null=True, blank=True, editable=False, help_text="Token of the task that holds the claim; empty when unclaimed."
+    )
 
     class Meta:
         ordering = ["-created_at", "-id"]

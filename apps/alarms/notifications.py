@@ -3,8 +3,11 @@
 A ``NotificationDelivery`` row per target is written in the same transaction
 as the alarm transition, so a rolled-back activation sends no notification. After
 commit one Celery task per delivery sends it and retries with exponential
-back-off. Webhooks are signed with HMAC-SHA256 over ``"<timestamp>.<body>"``
-so that a receiver can reject forged and replayed requests.
+back-off. A task sends only while it holds the delivery's claim, a lease
+in the row, so a late, re-queued or redelivered task does not send a
+delivery that another task has sent or is sending within its lease.
+Webhooks are signed with HMAC-SHA256 over ``"<timestamp>.<body>"`` so that
+a receiver can reject forged and replayed requests.
 """
 
 import base64
@@ -16,6 +19,7 @@ import secrets
 import time
 import urllib.error
 import urllib.request
+import uuid
 from datetime import timedelta
 from functools import partial
 
@@ -24,9 +28,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from django.conf import settings
 from django.core.cache import cache
-from django.core.mail import send_mail
+from django.core.mail import get_connection, send_mail
 from django.db import connection, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 from django_tenants.utils import schema_context
 from kombu.exceptions import OperationalError as KombuOperationalError
@@ -46,6 +50,16 @@ DELIVERY_HEADER = "X-ThermaCore-Delivery"
 # A receiver should reject a request whose timestamp is further than this from its clock.
 SIGNATURE_TOLERANCE_SECONDS = 300
 WEBHOOK_TIMEOUT_SECONDS = 10
+# SMTP socket timeout of notification emails. A lower EMAIL_TIMEOUT setting takes precedence.
+EMAIL_TIMEOUT_SECONDS = 10
+# Time limits of deliver_notification_task. The prefork pool kills a task at the hard limit, so no send runs longer.
+# NOTE: the solo and threads pools of Celery do not enforce time limits.
+DELIVERY_SOFT_TIME_LIMIT_SECONDS = 30
+DELIVERY_TIME_LIMIT_SECONDS = 45
+# How long a task's claim of a delivery lasts (60 s). It is longer than the hard time limit, so one send ends
+# within it. After it, a delivery whose worker was killed mid-send can be claimed again.
+# NOTE: claims compare the clocks of the workers, so these must agree to well within the lease.
+CLAIM_LEASE_SECONDS = 6 * max(WEBHOOK_TIMEOUT_SECONDS, EMAIL_TIMEOUT_SECONDS)
 # Back-off between attempts: 30 s, 60 s, 120 s ... capped at one hour, six retries in all.
 RETRY_BASE_SECONDS = 30
 RETRY_MAX_SECONDS = 3600
@@ -191,46 +205,43 @@ def _enqueue(schema, delivery_id):
 
 
 def requeue_pending_deliveries(now=None):
-    """Queue again each pending delivery that no task has attempted within the grace period; return the counts.
+    """Queue again each delivery whose task was lost or stopped mid-send; return the counts.
 
-    Such a delivery lost its task, because the broker was down at commit or
-    lost the message. The n-th re-queue of a delivery waits
-    ``REQUEUE_GRACE_SECONDS`` × 2^(n-1) after the one before, and after
-    ``MAX_REQUEUES`` the delivery is marked failed. A delivery whose first
-    task was only late is sent twice, and receivers drop the repeat by its
-    delivery id. The re-queue count lives in the cache, so a cache flush
-    restarts it.
+    Two kinds of delivery are due. A pending delivery that no task has
+    claimed within ``REQUEUE_GRACE_SECONDS`` lost its task, because the
+    broker was down at commit or lost the message. A pending or retrying
+    delivery whose claim expired without a result lost its worker mid-send.
+    A delivery under a live claim is never re-queued. The n-th re-queue of a
+    delivery waits ``REQUEUE_GRACE_SECONDS`` × 2^(n-1) after the one before,
+    and after ``MAX_REQUEUES`` the delivery is marked failed. The re-queue
+    count lives in the cache, so a cache flush restarts it.
+
+    A re-queued task whose first task was only late does not send twice,
+    because only the task that holds the claim sends. A receiver can still
+    get a delivery twice: when a send outlived its claim lease
+    (``CLAIM_LEASE_SECONDS``), when a worker died after the receiver got the
+    request but before the result was stored, and when a failed attempt
+    (timeout, HTTP 5xx) had reached the receiver and is retried. Receivers
+    can drop such repeats by the ``X-ThermaCore-Delivery`` header.
     """
     from .tasks import deliver_notification_task
 
     now = now or timezone.now()
+    due_condition = _lost_condition(now) | _abandoned_condition(now)
     due = (
-        NotificationDelivery.objects.filter(
-            status=DeliveryStatus.PENDING,
-            attempts=0,
-            created_at__lte=now - timedelta(seconds=REQUEUE_GRACE_SECONDS),
-        )
+        NotificationDelivery.objects.filter(due_condition)
         .order_by("created_at", "pk")
-        .values_list("pk", "alarm_id", "created_at")[:REQUEUE_BATCH_SIZE]
+        .values_list("pk", "alarm_id", "created_at", "claimed_until")[:REQUEUE_BATCH_SIZE]
     )
     counts = {"requeued": 0, "failed": 0, "waiting": 0}
-    for delivery_id, alarm_id, created_at in due:
+    for delivery_id, alarm_id, created_at, claimed_until in due:
         key = f"alarms:delivery-requeues:{delivery_id}"
         requeues, last_requeued = cache.get(key) or (0, None)
         if last_requeued is not None and now.timestamp() < last_requeued + REQUEUE_GRACE_SECONDS * 2 ** (requeues - 1):
             counts["waiting"] += 1
             continue
         if requeues >= MAX_REQUEUES:
-            counts["failed"] += NotificationDelivery.objects.filter(
-                pk=delivery_id, status=DeliveryStatus.PENDING, attempts=0
-            ).update(
-                status=DeliveryStatus.FAILED,
-                last_error=f"No task ran this delivery after it was queued {requeues + 1} times; check the Celery workers.",
-            )
-            logger.error(
-                "Notification delivery %s of alarm %s was never attempted after %d re-queues; marked failed",
-                delivery_id, alarm_id, requeues,
-            )
+            counts["failed"] += _fail_unfinished(delivery_id, alarm_id, claimed_until, requeues, due_condition)
             continue
         try:
             deliver_notification_task.delay(delivery_id)
@@ -240,11 +251,53 @@ def requeue_pending_deliveries(now=None):
             break
         cache.set(key, (requeues + 1, now.timestamp()), timeout=REQUEUE_MEMORY_SECONDS)
         counts["requeued"] += 1
-        logger.warning(
-            "Notification delivery %s of alarm %s was pending without an attempt since %s; re-queued (%d of %d)",
-            delivery_id, alarm_id, created_at.isoformat(), requeues + 1, MAX_REQUEUES,
-        )
+        if claimed_until is None:
+            logger.warning(
+                "Notification delivery %s of alarm %s was pending without an attempt since %s; re-queued (%d of %d)",
+                delivery_id, alarm_id, created_at.isoformat(), requeues + 1, MAX_REQUEUES,
+            )
+        else:
+            logger.warning(
+                "The claim of notification delivery %s of alarm %s expired at %s without a result, "
+                "so its worker stopped mid-send; re-queued (%d of %d)",
+                delivery_id, alarm_id, claimed_until.isoformat(), requeues + 1, MAX_REQUEUES,
+            )
     return counts
+
+
+def _lost_condition(now):
+    # A claim counts an attempt, so an unclaimed delivery without attempts was never taken by a task.
+    return Q(
+        status=DeliveryStatus.PENDING,
+        attempts=0,
+        claimed_until__isnull=True,
+        created_at__lte=now - timedelta(seconds=REQUEUE_GRACE_SECONDS),
+    )
+
+
+def _abandoned_condition(now):
+    # Success and failure release the claim, so an expired one means that the task never stored its result.
+    return Q(status__in=(DeliveryStatus.PENDING, DeliveryStatus.RETRYING), claimed_until__lte=now)
+
+
+def _fail_unfinished(delivery_id, alarm_id, claimed_until, requeues, due_condition):
+    if claimed_until is None:
+        error = f"No task ran this delivery after it was queued {requeues + 1} times; check the Celery workers."
+    else:
+        error = (
+            f"No task finished this delivery after it was queued {requeues + 1} times, because its workers "
+            "stopped mid-send; check the Celery worker logs."
+        )
+    # The condition is checked again in the UPDATE, so a task that claimed the delivery meanwhile keeps it.
+    failed = NotificationDelivery.objects.filter(due_condition, pk=delivery_id).update(
+        status=DeliveryStatus.FAILED, last_error=error, claim_token=None, claimed_until=None
+    )
+    if failed:
+        logger.error(
+            "Notification delivery %s of alarm %s was not finished after %d re-queues; marked failed",
+            delivery_id, alarm_id, requeues,
+        )
+    return failed
 
 
 # Sending -------------------------------------------------------------------------
@@ -255,37 +308,107 @@ def retry_countdown(retries):
     return min(RETRY_BASE_SECONDS * 2**retries, RETRY_MAX_SECONDS)
 
 
-def attempt_delivery(delivery_id, *, last_attempt):
-    """Send one delivery once; return its status.
+def claim_delivery(delivery_id, now=None):
+    """Claim a pending or retrying delivery for one attempt and count the attempt; return the claim token.
 
-    A failure raises ``DeliveryError`` after recording it as retrying, or
-    records the delivery as failed when ``last_attempt`` is true.
+    Return None when the delivery is delivered, failed or under a live claim
+    of another task. The check and the claim are one conditional UPDATE, so
+    of two tasks that claim at the same time only one gets the token.
     """
+    token = uuid.uuid4()
+    now = now or timezone.now()
+    claimed = NotificationDelivery.objects.filter(
+        Q(claimed_until__isnull=True) | Q(claimed_until__lte=now),
+        pk=delivery_id,
+        status__in=(DeliveryStatus.PENDING, DeliveryStatus.RETRYING),
+    ).update(
+        claim_token=token,
+        claimed_until=now + timedelta(seconds=CLAIM_LEASE_SECONDS),
+        attempts=F("attempts") + 1,
+    )
+    return token if claimed else None
+
+
+def _record_result(delivery_id, token, **fields):
+    """Store the result of the attempt that holds claim ``token`` and release the claim; return whether it matched."""
+    return bool(
+        NotificationDelivery.objects.filter(pk=delivery_id, claim_token=token).update(
+            **fields, claim_token=None, claimed_until=None
+        )
+    )
+
+
+def attempt_delivery(delivery_id, *, last_attempt):
+    """Claim one delivery, send it once and record the result; return its status.
+
+    A task that cannot claim the delivery sends nothing and returns its
+    current status. A failure raises ``DeliveryError`` after recording the
+    delivery as retrying, or records it as failed when ``last_attempt`` is
+    true. Both release the claim, so the Celery retry can claim it again.
+    """
+    token = claim_delivery(delivery_id)
+    if token is None:
+        return _status_unclaimed(delivery_id)
     delivery = NotificationDelivery.objects.select_related("target", "alarm__rule").get(pk=delivery_id)
-    if delivery.status in (DeliveryStatus.DELIVERED, DeliveryStatus.FAILED):
-        return delivery.status
-    NotificationDelivery.objects.filter(pk=delivery_id).update(attempts=F("attempts") + 1)
 
     try:
         response_status = _send(delivery)
     except DeliveryError as exc:
         status = DeliveryStatus.FAILED if last_attempt else DeliveryStatus.RETRYING
-        NotificationDelivery.objects.filter(pk=delivery_id).update(
-            status=status, last_error=str(exc)[:2000], response_status=exc.response_status
+        recorded = _record_result(
+            delivery_id, token, status=status, last_error=str(exc)[:2000], response_status=exc.response_status
         )
         logger.warning(
             "Notification delivery %s of alarm %s to target %s failed (%s): %s",
             delivery_id, delivery.alarm_id, delivery.target_id, status, exc,
         )
+        if not recorded:
+            # Another task claimed the delivery after this claim expired, or the sweep marked it failed,
+            # so a Celery retry of this task would only add a task that cannot claim it.
+            _log_claim_lost(delivery_id, status)
+            return _status_and_claim(delivery_id)[0]
         if last_attempt:
             return status
         raise
 
-    NotificationDelivery.objects.filter(pk=delivery_id).update(
-        status=DeliveryStatus.DELIVERED, delivered_at=timezone.now(), response_status=response_status, last_error=""
+    recorded = _record_result(
+        delivery_id, token,
+        status=DeliveryStatus.DELIVERED, delivered_at=timezone.now(), response_status=response_status, last_error="",
     )
+    if not recorded:
+        _log_claim_lost(delivery_id, DeliveryStatus.DELIVERED)
     logger.info("Notification delivery %s of alarm %s sent to target %s", delivery_id, delivery.alarm_id, delivery.target_id)
     return DeliveryStatus.DELIVERED
+
+
+def _status_and_claim(delivery_id):
+    row = NotificationDelivery.objects.filter(pk=delivery_id).values_list("status", "claimed_until").first()
+    if row is None:
+        raise NotificationDelivery.DoesNotExist(
+            f"Notification delivery {delivery_id} not found; its target or alarm was deleted, "
+            "so there is nothing to send."
+        )
+    return row
+
+
+def _status_unclaimed(delivery_id):
+    status, claimed_until = _status_and_claim(delivery_id)
+    if status in (DeliveryStatus.DELIVERED, DeliveryStatus.FAILED):
+        logger.info("Notification delivery %s is already %s; this task sends nothing", delivery_id, status)
+    else:
+        logger.info(
+            "Notification delivery %s is claimed by another task until %s; this task sends nothing",
+            delivery_id, claimed_until.isoformat() if claimed_until else "-",
+        )
+    return status
+
+
+def _log_claim_lost(delivery_id, status):
+    logger.warning(
+        "The claim of notification delivery %s expired during its send, and the delivery was claimed again or "
+        "marked failed meanwhile, so this task's result (%s) was not stored and the receiver may get it twice",
+        delivery_id, status,
+    )
 
 
 def notification_payload(delivery):
@@ -319,8 +442,12 @@ def _send_email(delivery):
         f"Active since: {alarm.activated_at.isoformat()}\n"
         f"Value: {alarm.activation_value if alarm.activation_value is not None else '-'}\n"
     )
+    timeout = min(getattr(settings, "EMAIL_TIMEOUT", None) or EMAIL_TIMEOUT_SECONDS, EMAIL_TIMEOUT_SECONDS)
     try:
-        send_mail(subject, body, None, [delivery.target.email], fail_silently=False)
+        send_mail(
+            subject, body, None, [delivery.target.email],
+            fail_silently=False, connection=get_connection(fail_silently=False, timeout=timeout),
+        )
     except OSError as exc:
         # SMTP errors are OSError subclasses (smtplib.SMTPException).
         raise DeliveryError(f"Sending email to {delivery.target.email} failed: {exc}") from exc

@@ -3,7 +3,15 @@ import logging
 from celery import shared_task
 from django.db import connection
 
-from .notifications import MAX_RETRIES, DeliveryError, attempt_delivery, requeue_pending_deliveries, retry_countdown
+from .notifications import (
+    DELIVERY_SOFT_TIME_LIMIT_SECONDS,
+    DELIVERY_TIME_LIMIT_SECONDS,
+    MAX_RETRIES,
+    DeliveryError,
+    attempt_delivery,
+    requeue_pending_deliveries,
+    retry_countdown,
+)
 from .timers import run_alarm_timers
 
 logger = logging.getLogger(__name__)
@@ -19,10 +27,18 @@ def run_alarm_timers_task():
 
 
 @shared_task(
-    bind=True, name="alarms.deliver_notification", max_retries=MAX_RETRIES, acks_late=True, soft_time_limit=30, time_limit=45
+    bind=True,
+    name="alarms.deliver_notification",
+    max_retries=MAX_RETRIES,
+    acks_late=True,
+    soft_time_limit=DELIVERY_SOFT_TIME_LIMIT_SECONDS,
+    time_limit=DELIVERY_TIME_LIMIT_SECONDS,
 )
 def deliver_notification_task(self, delivery_id):
-    """Send one notification delivery, retrying with exponential back-off while it fails."""
+    """Send one notification delivery, retrying with exponential back-off while it fails.
+
+    A task whose delivery another task holds or has finished sends nothing and returns the delivery's status.
+    """
     try:
         return attempt_delivery(delivery_id, last_attempt=self.request.retries >= self.max_retries)
     except DeliveryError as exc:

@@ -29,12 +29,18 @@ from .conftest import at
 
 
 class WebhookReceiver:
-    """An HTTP server on loopback that checks each request's HMAC-SHA256 signature and timestamp on its own."""
+    """An HTTP server on loopback that checks each request's HMAC-SHA256 signature and timestamp on its own.
+
+    When ``hold`` is a ``threading.Event``, each request is recorded and sets ``arrived`` at once,
+    and its response waits until ``hold`` is set (at most 30 s).
+    """
 
     def __init__(self, secret=None, fail_first=0):
         self.secret = secret
         self.fail_first = fail_first
         self.requests = []
+        self.hold = None
+        self.arrived = threading.Event()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -47,6 +53,9 @@ class WebhookReceiver:
                 valid = hmac.compare_digest(expected, self.headers["X-ThermaCore-Signature"])
                 fresh = abs(time.time() - int(timestamp)) < 300
                 receiver.requests.append({"body": json.loads(body), "valid": valid, "fresh": fresh})
+                receiver.arrived.set()
+                if receiver.hold is not None:
+                    receiver.hold.wait(timeout=30)
                 if not (valid and fresh):
                     status = 401
                 elif len(receiver.requests) <= receiver.fail_first:
