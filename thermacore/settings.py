@@ -200,6 +200,11 @@ CHANNEL_LAYERS = {
     },
 }
 
+# Seconds one WebSocket send of the live consumer may wait for a client that does not read before the
+# consumer drops its messages and ends. Longer than uvicorn's keepalive window (--ws-ping-interval plus
+# --ws-ping-timeout, 10 + 10 s in Procfile.demo and the image), so uvicorn closes such a client first.
+LIVE_SEND_TIMEOUT_SECONDS = env.float("THERMACORE_LIVE_SEND_TIMEOUT_SECONDS", default=30.0)
+
 # Telemetry ------------------------------------------------------------------
 
 # Readings further ahead of the server clock than this are rejected: they come

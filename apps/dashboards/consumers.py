@@ -9,6 +9,7 @@ from urllib.parse import parse_qs
 from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
 from django.db.models import Q
 from django.template.loader import render_to_string
 from django_tenants.utils import schema_context
@@ -43,6 +44,13 @@ UNAUTHENTICATED_REASON = "Authentication required: send a session cookie, a bear
 # sender nor the other clients wait for it. The outbox fills only once the
 # server's send waits: uvicorn 0.54 first buffers 64 KiB (asyncio's default
 # high-water mark, about 100 alarm messages) on top of the kernel's send buffer.
+# A smaller flood stays in those buffers, so the outbox alone never closes a
+# client that stops reading after it. The keepalive does: Procfile.demo and
+# the image run uvicorn with --ws-ping-interval 10 --ws-ping-timeout 10, so
+# within 20 s of the moment a client stops reading, a ping goes unanswered
+# and uvicorn closes the connection with 1011. The writer then ends the
+# consumer (see _abandon) at its next send, or once a send has waited
+# LIVE_SEND_TIMEOUT_SECONDS (30 s by default).
 # NOTE: Daphne 4.2 hands each frame to Twisted and returns at once, so under
 # Daphne (runserver) the outbox never fills and a stalled client's frames pile
 # up in the server's write buffer instead.
@@ -55,6 +63,8 @@ OUTBOX_LIMIT = 100
 COALESCE_SECONDS = {"html": 0.025, "json": 0.010}
 # Time a stalled client gets to take the close frame before the connection ends without it.
 CLOSE_TIMEOUT_SECONDS = 5
+# Close codes of a client that left on purpose (RFC 6455, section 7.4.1). Messages it had not taken are not counted as dropped.
+NORMAL_CLOSE_CODES = (1000, 1001)
 
 
 class LiveValuesConsumer(CancelSafeConsumerMixin, AsyncWebsocketConsumer):
@@ -142,12 +152,22 @@ class LiveValuesConsumer(CancelSafeConsumerMixin, AsyncWebsocketConsumer):
         )
 
     async def disconnect(self, code):
+        # NOTE: messages still waiting in the channel layer for this channel are lost without being counted.
+        dropped = 0
+        if getattr(self, "outbox", None) is not None and not self.closing:
+            # Set before the first await, so that a failing writer does not count the same messages.
+            self.closing = True
+            dropped = self._discard_queued()
         await self._leave_groups()
         if getattr(self, "flush_handle", None) is not None:
             self.flush_handle.cancel()
         writer = getattr(self, "writer", None)
         if writer is not None and writer is not asyncio.current_task():
             writer.cancel()
+        if dropped and code not in NORMAL_CLOSE_CODES:
+            logger.warning("Live socket of user %s on schema %s went away with code %s; dropped %d queued messages",
+                           self.user_id, self.schema, code, dropped)
+            await self._count_dropped(dropped)
 
     async def _leave_groups(self):
         for group in [*getattr(self, "groups_joined", []), *getattr(self, "credential_groups", [])]:
@@ -190,11 +210,86 @@ class LiveValuesConsumer(CancelSafeConsumerMixin, AsyncWebsocketConsumer):
             raise StopConsumer() from None
 
     async def _write_outbox(self):
-        """Send the queued messages in order; a client that does not read makes this wait."""
-        while True:
-            self.in_flight = await self.outbox.get()
-            await self.send(text_data=self.in_flight)
-            self.in_flight = None
+        """Send the queued messages in order; a client that does not read makes this wait.
+
+        A send that fails, or that waits longer than LIVE_SEND_TIMEOUT_SECONDS,
+        hands over to _abandon, so this task ends without an exception unless it is cancelled.
+        """
+        try:
+            while True:
+                self.in_flight = await self.outbox.get()
+                async with asyncio.timeout(settings.LIVE_SEND_TIMEOUT_SECONDS):
+                    await self.send(text_data=self.in_flight)
+                self.in_flight = None
+        except TimeoutError:
+            await self._abandon(f"it took no message for {settings.LIVE_SEND_TIMEOUT_SECONDS:g} s", stop=True)
+        except OSError as error:
+            # uvicorn 0.54 raises ClientDisconnected only after it queued websocket.disconnect,
+            # which ends the consumer through disconnect().
+            await self._abandon(f"the send failed with {error!r}", stop=False)
+        except RuntimeError as error:
+            # The server closed the connection itself. It reports the disconnect only once the
+            # client has read what was buffered, which a stalled client may never do.
+            await self._abandon(f"the send failed with {error!r}", stop=True)
+
+    async def _abandon(self, cause, stop):
+        """Count what the client never got and leave all groups, without sending to the client again.
+
+        Runs in the writer after the server closed the connection under it
+        (uvicorn's keepalive, a lost connection) or after a send waited too
+        long. A close frame would wait behind the same unsent data, so none is
+        sent. With ``stop``, a message to this consumer's channel ends it.
+        """
+        if self.closing:
+            return
+        self.closing = True
+        dropped = self._discard_queued()
+        if self.flush_handle is not None:
+            self.flush_handle.cancel()
+            self.flush_handle = None
+        logger.warning("Live socket of user %s on schema %s abandoned because %s; dropped %d messages",
+                       self.user_id, self.schema, cause, dropped)
+        # Shielded: disconnect() cancels this task when the server reports the disconnect meanwhile.
+        await asyncio.shield(self._leave_and_count(dropped))
+        if not stop:
+            return
+        try:
+            # Only a handler of this consumer can raise StopConsumer. A message to a channel whose
+            # consumer ended stays in channels_redis 4.3's receive buffer, so none is sent without need.
+            await self.channel_layer.send(self.channel_name, {"type": "live.abandoned"})
+        except Exception:
+            logger.exception("Ending the abandoned live socket of user %s on schema %s failed; "
+                             "it ends when the server reports the disconnect", self.user_id, self.schema)
+
+    async def _leave_and_count(self, dropped):
+        try:
+            await self._leave_groups()
+        except Exception:
+            # The channel layer drops the channel from the groups after its group expiry.
+            logger.exception("Leaving the groups of the abandoned live socket of user %s on schema %s failed",
+                             self.user_id, self.schema)
+        if dropped:
+            await self._count_dropped(dropped)
+
+    async def live_abandoned(self, event):
+        """End the consumer after its writer gave up on the client (see _abandon)."""
+        raise StopConsumer()
+
+    def _discard_queued(self):
+        """Empty the outbox and the merged values; return how many messages the client will not get."""
+        dropped = (self.in_flight is not None) + self.outbox.qsize() + (1 if self.pending_values else 0)
+        self.in_flight = None
+        while not self.outbox.empty():
+            self.outbox.get_nowait()
+        self.pending_values.clear()
+        return dropped
+
+    async def _count_dropped(self, dropped):
+        try:
+            await count_dropped_messages(self.schema, dropped)
+        except Exception:
+            # The count is for monitoring; ending the socket matters more.
+            logger.exception("Counting %d dropped live messages of schema %s failed", dropped, self.schema)
 
     def _enqueue(self, text):
         """Queue ``text`` for the client; return False when the outbox is full."""
@@ -222,21 +317,14 @@ class LiveValuesConsumer(CancelSafeConsumerMixin, AsyncWebsocketConsumer):
         self.closing = True
         # The message that did not fit, the one the client has not taken, the queued ones, and the
         # merged values not yet queued.
-        dropped = 1 + (self.in_flight is not None) + self.outbox.qsize() + (1 if self.pending_values else 0)
-        while not self.outbox.empty():
-            self.outbox.get_nowait()
-        self.pending_values.clear()
+        dropped = 1 + self._discard_queued()
         for group in self.groups_joined:
             await self.channel_layer.group_discard(group, self.channel_name)
         logger.warning(
             "Live socket of user %s on schema %s stalled; dropped %d messages and closing it for a resync",
             self.user_id, self.schema, dropped,
         )
-        try:
-            await count_dropped_messages(self.schema, dropped)
-        except Exception:
-            # The count is for monitoring; the close below matters more.
-            logger.exception("Counting %d dropped live messages of schema %s failed", dropped, self.schema)
+        await self._count_dropped(dropped)
         self.writer.cancel()
         try:
             # The close frame waits behind the messages the client has not read yet.

@@ -33,10 +33,15 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # Ports this test may bind, so that parallel suites on one machine do not collide.
 PORT_RANGE = range(22600, 22700)
 STARTUP_TIMEOUT_SECONDS = 30
+# WebSocket keepalive of uvicorn in seconds, as in Procfile.demo and the image.
+UVICORN_PING_INTERVAL_SECONDS = 10
+UVICORN_PING_TIMEOUT_SECONDS = 10
 # Command line of each server, without the port; the same options as Procfile.demo for uvicorn.
 SERVER_COMMANDS = {
     "daphne": [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "thermacore.asgi:application", "-p"],
     "uvicorn": [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--ws", "websockets-sansio",
+                "--ws-ping-interval", str(UVICORN_PING_INTERVAL_SECONDS),
+                "--ws-ping-timeout", str(UVICORN_PING_TIMEOUT_SECONDS),
                 "--lifespan", "off", "thermacore.asgi:application", "--port"],
 }
 
@@ -61,11 +66,13 @@ def _wait_for_port(port, process, log_path, server):
 
 
 @contextlib.contextmanager
-def running_server(server, port, log_path, listening_socket=None):
+def running_server(server, port, log_path, listening_socket=None, options=(), environment=None):
     """Run ``server`` (a key of SERVER_COMMANDS) on the test database and this suite's Redis database.
 
     With ``listening_socket`` (uvicorn only), the server accepts on that
-    bound socket instead of binding ``port`` itself.
+    bound socket instead of binding ``port`` itself. ``options`` go on the
+    command line after those of SERVER_COMMANDS, which they override, and
+    ``environment`` adds variables, such as THERMACORE_* settings.
     """
     database = connection.settings_dict
     database_url = f"postgres://{database['USER']}@{database['HOST']}:{database['PORT']}/{database['NAME']}"
@@ -74,13 +81,15 @@ def running_server(server, port, log_path, listening_socket=None):
         "DJANGO_SETTINGS_MODULE": "thermacore.settings_test",
         "THERMACORE_DATABASE_URL": database_url,
         "THERMACORE_REDIS_URL": settings.REDIS_URL,
+        **(environment or {}),
     }
     log = log_path.open("wb")
-    command = [*SERVER_COMMANDS[server], str(port)]
+    *base_command, port_option = SERVER_COMMANDS[server]
+    command = [*base_command, *options, port_option, str(port)]
     inherited = ()
     if listening_socket is not None:
         inherited = (listening_socket.fileno(),)
-        command = [*SERVER_COMMANDS[server][:-1], "--fd", str(listening_socket.fileno())]
+        command = [*base_command, *options, "--fd", str(listening_socket.fileno())]
     process = subprocess.Popen(
         command, cwd=PROJECT_ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT, pass_fds=inherited,
     )
