@@ -199,7 +199,6 @@ CHANNEL_LAYERS = {
         },
     },
 }
-
 # Seconds one WebSocket send of the live consumer may wait for a client that does not read before the
 # consumer drops its messages and ends. Longer than uvicorn's keepalive window (--ws-ping-interval plus
 # --ws-ping-timeout, 10 + 10 s in Procfile.demo and the image), so uvicorn closes such a client first.
@@ -227,6 +226,8 @@ TELEMETRY_INTAKE_QUEUE = env.bool("THERMACORE_INTAKE_QUEUE", default=True)
 TELEMETRY_INTAKE_CLAIM_IDLE_SECONDS = env.float("THERMACORE_INTAKE_CLAIM_IDLE_SECONDS", default=60.0)
 # Upper bound of the back-off between polls of an unreachable device.
 PROTOCOLS_MAX_BACKOFF_SECONDS = env.int("THERMACORE_MAX_BACKOFF_SECONDS", default=300)
+# Seconds a setpoint write routed to the gateway waits beyond the DNP3 device's own timeouts for its reply.
+PROTOCOLS_GATEWAY_REPLY_MARGIN_SECONDS = env.float("THERMACORE_GATEWAY_REPLY_MARGIN_SECONDS", default=5.0)
 # Seconds a pooled Modbus TCP connection may stay unused before the worker closes it.
 PROTOCOLS_MODBUS_IDLE_SECONDS = env.float("THERMACORE_MODBUS_IDLE_SECONDS", default=120.0)
 # Fernet key that encrypts the private keys of stored certificates; empty to derive one from SECRET_KEY.

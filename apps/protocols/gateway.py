@@ -4,6 +4,8 @@
 Gateway.run
  ├─ SupervisedConnection (schema alpha, device 3) ─ driver.run ─ reconnect with back-off
  ├─ SupervisedConnection (schema beta, device 1)  ─ driver.run ─ …
+ ├─ CommandServer: advertises the held DNP3 devices in Redis and runs setpoint
+ │  requests on their drivers (apps.protocols.gateway_commands)
  └─ every tick: flush samples to ingest, per schema
     every heartbeat: device status and last_seen
     every reload: start, stop or restart connections whose configuration changed
@@ -32,6 +34,7 @@ from apps.tenants.choices import TenantStatus
 
 from .choices import DeviceStatus
 from .drivers.base import DeviceUnreachable, get_driver
+from .gateway_commands import CommandServer
 from .models import Device, Point
 from .sinks import deliver_samples
 
@@ -109,6 +112,8 @@ class SupervisedConnection:
         self.counted_driver = None
         self.reported_malformed = 0
         self.task = None
+        # Setpoint requests routed to the gateway run on this connection's driver one at a time.
+        self.command_lock = asyncio.Lock()
 
     def start(self):
         self.task = asyncio.create_task(self.run(), name=f"gateway-{self.spec.schema}-{self.spec.device.pk}")
@@ -192,6 +197,7 @@ class Gateway:
         self._loop = None
         self._stop = None
         self._stop_requested = False
+        self.commands = CommandServer(self)
 
     def backoff(self, failures):
         """Return the seconds to wait after ``failures`` failures in a row: doubling, capped at max_backoff."""
@@ -212,6 +218,8 @@ class Gateway:
         if self._stop_requested:
             self._stop.set()
         logger.info("Gateway started")
+        # A task of its own, so that neither database calls nor a slow outstation hold up requests or advertisements.
+        command_task = asyncio.create_task(self.commands.run(), name="gateway-commands")
         next_heartbeat = next_reload = time.monotonic()
         try:
             while not self._stop.is_set():
@@ -228,6 +236,9 @@ class Gateway:
                 except TimeoutError:
                     pass
         finally:
+            # Callers stop routing to this gateway before its connections close.
+            command_task.cancel()
+            await asyncio.gather(command_task, return_exceptions=True)
             await asyncio.gather(*(connection.stop() for connection in self.connections.values()))
             self.connections.clear()
             await self.flush()
@@ -271,6 +282,7 @@ class Gateway:
                 connection = SupervisedConnection(self, spec)
                 self.connections[key] = connection
                 connection.start()
+        self.commands.request_advertisement()
 
     async def flush(self):
         """Hand the samples received since the last flush to ingest, one call per schema."""

@@ -18,7 +18,7 @@ from apps.sensors.quality import is_bad, quality_label
 
 from .choices import DataType, Dnp3PointType, Protocol, RegisterType
 from .drivers.base import DeviceUnreachable, WriteRejected
-from .sessions import make_driver, run_session
+from .gateway_commands import NoGatewayReply, SetpointWriter
 from .sinks import deliver_samples
 
 logger = logging.getLogger(__name__)
@@ -55,14 +55,13 @@ def write_setpoint(point, value, *, actor):
     device = point.device
     value = _checked_value(point, value)
 
-    # In a worker that polls, a Modbus write goes over the device's pooled connection (apps.protocols.sessions).
-    driver = make_driver(device)
+    # A DNP3 write goes through the gateway's master when a gateway holds the device (apps.protocols.gateway_commands).
+    driver = SetpointWriter(device)
     try:
-        previous, written, read_back = run_session(
-            driver, lambda connected: _write_and_read_back(connected, point, value)
-        )
+        previous, written, read_back = driver.write_and_read_back(point, value)
     except (DeviceUnreachable, WriteRejected) as exc:
-        error = SetpointError(f"Setpoint {value} for point {point.pk} was not written: {exc}")
+        state = "is unconfirmed" if isinstance(exc, NoGatewayReply) else "was not written"
+        error = SetpointError(f"Setpoint {value} for point {point.pk} {state}: {exc}")
         _record_failure(point, value, actor, error, response=driver.write_response)
         raise error from exc
     except ValueError as exc:
@@ -165,12 +164,3 @@ def _checked_value(point, value):
             f"({sensor.minimum} to {sensor.maximum} {sensor.engineering_unit}); pick a value inside it."
         )
     return value
-
-
-async def _write_and_read_back(driver, point, value):
-    """Return the value before the write (None when unreadable), the value written and the read-back sample."""
-    [before] = await driver.read([point])
-    previous = None if before.value is None or is_bad(before.quality) else before.value
-    written = await driver.write(point, value)
-    [read_back] = await driver.read([point])
-    return previous, written, read_back

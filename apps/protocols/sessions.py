@@ -8,6 +8,8 @@ its own and closes it at the end. The web process has no long-lived event loop t
 pymodbus client on, and a connection kept open there between rare requests would hold
 one of the device's connection slots. MQTT, OPC UA and DNP3 sessions always use a
 connection of their own, because their long-lived connections live in the gateway process.
+A DNP3 setpoint write opens no session while a gateway holds the device: it runs on the
+gateway's master (apps.protocols.gateway_commands).
 """
 
 import asyncio

@@ -3,6 +3,7 @@
 import shutil
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import opendnp3
@@ -45,6 +46,8 @@ class _Handler(opendnp3.ICommandHandler):
         self.reject = {}
         # Indexes whose commands succeed without changing the output status.
         self.ignore = set()
+        # Seconds each operate blocks the outstation's thread, as a slow outstation does.
+        self.operate_delay = 0.0
 
     def Begin(self):
         pass
@@ -58,6 +61,7 @@ class _Handler(opendnp3.ICommandHandler):
         return self.reject.get(index, opendnp3.CommandStatus.SUCCESS)
 
     def Operate(self, command, index, updates, operate_type):
+        time.sleep(self.operate_delay)
         with self.lock:
             self.operates.append((_describe(command), index, operate_type.name))
         status = self.reject.get(index, opendnp3.CommandStatus.SUCCESS)
@@ -89,8 +93,8 @@ def _describe(command):
 class CommandOutstation:
     """A yadnp3 outstation with 5 points of each type whose outputs follow the commands they get."""
 
-    def __init__(self, tls_files=None):
-        self.port = port_in_range()
+    def __init__(self, tls_files=None, port=None):
+        self.port = port or port_in_range()
         self.manager = opendnp3.DNP3Manager(1)
         self.handler = _Handler()
         self.application = opendnp3.IOutstationApplication()

@@ -12,8 +12,9 @@ variations the outstation is configured for.
 
 Setpoints go to binary output status points as control relay output blocks and to analog
 output status points as analog output blocks (``apps.protocols.dnp3.commands``), by select
-before operate or direct operate. ``read`` on a connection that ``run`` does not drive scans
-the output status of the points, which is how a setpoint is read back.
+before operate or direct operate. ``read`` scans the output status of the points, which is how
+a setpoint is read back, both on a session of its own and on the gateway's connection
+(``apps.protocols.gateway_commands``).
 
 With a client certificate the channel is TLS with mutual authentication. opendnp3 loads
 the trust list, certificate and key from files on every connect, so they are written to a
@@ -225,7 +226,8 @@ class Dnp3Driver(SubscriptionDriver):
         return self._expected.get(point.pk, written)
 
     async def read(self, points):
-        if self._deliver is None and self.master is not None:
+        # On the gateway, self.latest may predate a write, so output status points are always scanned.
+        if self.master is not None:
             await self._scan_output_status(points)
         return await super().read(points)
 
@@ -237,7 +239,10 @@ class Dnp3Driver(SubscriptionDriver):
             if variation is None:
                 continue
             key = (point.dnp3_type, point.dnp3_index)
-            self.points_by_address.setdefault(key, []).append(point)
+            known = self.points_by_address.setdefault(key, [])
+            # On the gateway the point is already known, and a second entry would deliver each value twice.
+            if all(other.pk != point.pk for other in known):
+                known.append(point)
             self.latest.pop(point.sensor_id, None)
             if key not in self._read_waiters:
                 self._read_waiters[key] = (f"Group{variation[0]}Var", self._loop.create_future())

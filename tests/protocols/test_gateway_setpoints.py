@@ -1,0 +1,357 @@
+"""DNP3 setpoints routed through the running gateway's master, against a yadnp3 outstation on loopback.
+
+A TCP relay in front of the outstation counts the master connections, so the tests can show
+that a write through the gateway opens none beside the gateway's own. The gateway runs under
+async_to_sync as in test_gateway, and write_setpoint runs on the test's thread through
+sync_to_async, where the test's uncommitted rows are visible.
+"""
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.contrib.auth import get_user_model
+
+from apps.accounts.choices import Role
+from apps.audit.choices import AuditAction, Outcome
+from apps.audit.models import AuditEntry
+from apps.protocols.gateway_commands import advertisement_key, command_key, reply_key
+from apps.protocols.services import SetpointError, write_setpoint
+from apps.telemetry.latest import get_client
+from tests.conftest import ServerThread, free_port_in
+from tests.factories import DeviceFactory, PointFactory, SensorFactory
+from tests.protocols.test_dnp3_setpoints import MASTER_ADDRESS, OUTSTATION_ADDRESS, CommandOutstation
+from tests.protocols.test_gateway import connected, fast_gateway, run_gateway_during
+
+pytestmark = pytest.mark.slow
+
+# Ports of this module's outstations and relays. Other suites running beside it use other ranges.
+OUTSTATION_PORTS = range(24300, 24350)
+RELAY_PORTS = range(24350, 24400)
+
+
+class CountingRelay:
+    """A TCP relay on loopback that forwards to the outstation and counts the connections masters open."""
+
+    def __init__(self, target_port):
+        self.port = free_port_in(RELAY_PORTS)
+        self.target_port = target_port
+        self.accepted = 0
+        # While set, the relay closes every connection at once, as a broken link does.
+        self.link_broken = False
+        self.writers = []
+        self.thread = ServerThread(self._serve)
+
+    async def _serve(self, ready):
+        server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+        async with server:
+            ready.set()
+            await server.serve_forever()
+
+    async def _relay(self, reader, writer):
+        self.accepted += 1
+        if self.link_broken:
+            writer.close()
+            return
+        upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self.writers += [writer, upstream_writer]
+        await asyncio.gather(_pipe(reader, upstream_writer), _pipe(upstream_reader, writer))
+
+    def start(self):
+        self.thread.start()
+        return self
+
+    def break_link(self):
+        """Close the open connections and every later one."""
+
+        def close_all():
+            self.link_broken = True
+            for writer in self.writers:
+                writer.close()
+
+        self.thread.loop.call_soon_threadsafe(close_all)
+
+    def stop(self):
+        self.thread.stop()
+
+
+async def _pipe(reader, writer):
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except ConnectionError:
+        pass
+    finally:
+        writer.close()
+
+
+@pytest.fixture
+def outstation():
+    server = CommandOutstation(port=free_port_in(OUTSTATION_PORTS))
+    server.set_outputs(binary=[(index, False) for index in range(5)], analog=[(index, 0.0) for index in range(5)])
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def relay(outstation):
+    relay = CountingRelay(outstation.port).start()
+    yield relay
+    relay.stop()
+
+
+@pytest.fixture
+def operator(alpha):
+    return get_user_model().objects.create_user("operator", password="Operator-password-4711", role=Role.OPERATOR)
+
+
+@pytest.fixture
+def outputs(relay):
+    """An analog output (float32, direct operate, scale 0.1) and a latching binary output of one device behind the relay."""
+    device = DeviceFactory(
+        protocol="dnp3", port=relay.port, timeout=1.0,
+        dnp3_master_address=MASTER_ADDRESS, dnp3_outstation_address=OUTSTATION_ADDRESS,
+    )
+    analog = PointFactory(
+        device=device, sensor=SensorFactory(minimum=-1000, maximum=1000), register_type="holding", address=None,
+        dnp3_type="analog_output_status", dnp3_index=3, data_type="float32", scale=0.1,
+        dnp3_operate_mode="direct_operate",
+    )
+    binary = PointFactory(
+        device=device, sensor=SensorFactory(minimum=0, maximum=1), register_type="holding", address=None,
+        dnp3_type="binary_output_status", dnp3_index=2, data_type="bool",
+    )
+    return analog, binary
+
+
+async def advertised(schema, device_id, timeout=10):
+    """Return the id of the gateway that advertises the device, once it does."""
+    deadline = time.monotonic() + timeout
+    while True:
+        gateway_id = await asyncio.to_thread(get_client().get, advertisement_key(schema, device_id))
+        if gateway_id is not None:
+            return gateway_id.decode()
+        if time.monotonic() > deadline:
+            raise AssertionError(f"No gateway advertised device {device_id} of schema {schema} within {timeout} s")
+        await asyncio.sleep(0.05)
+
+
+def setpoint_entries(point):
+    return list(AuditEntry.objects.filter(action=AuditAction.SETPOINT_WRITTEN, object_id=str(point.pk)))
+
+
+def test_writes_go_through_gateway_master(alpha, outstation, relay, outputs, operator, caplog):
+    analog, binary = outputs
+    device = analog.device
+    gateway = fast_gateway()
+    caplog.set_level(logging.INFO, logger="apps.protocols.gateway_commands")
+
+    async def scenario():
+        await connected(gateway, 1)
+        await advertised("alpha", device.pk)
+        supervised = gateway.connections[("alpha", device.pk)]
+        driver_before = supervised.driver
+        analog_result = await sync_to_async(write_setpoint, thread_sensitive=True)(analog, 12.5, actor=operator)
+        binary_result = await sync_to_async(write_setpoint, thread_sensitive=True)(binary, 1, actor=operator)
+        return analog_result, binary_result, driver_before, supervised
+
+    analog_result, binary_result, driver_before, supervised = run_gateway_during(gateway, scenario)
+
+    assert outstation.handler.operates == [
+        (("AnalogOutputFloat32", 125.0), 3, "DirectOperate"),
+        (("crob", "LATCH_ON", "NUL", 0, 0), 2, "SelectBeforeOperate"),
+    ]
+    assert outstation.handler.selects == [(("crob", "LATCH_ON", "NUL", 0, 0), 2)]
+    assert analog_result.read_back == pytest.approx(12.5)
+    assert binary_result.read_back == 1.0
+    # The gateway's master was the only connection, and it stayed up through both writes.
+    assert relay.accepted == 1
+    assert supervised.driver is driver_before
+    assert supervised.failures == 0
+    for point, read_back in ((analog, 12.5), (binary, 1.0)):
+        [entry] = setpoint_entries(point)
+        assert entry.outcome == Outcome.SUCCESS
+        assert entry.detail["read_back"] == pytest.approx(read_back)
+        assert entry.detail["device_response"] == "SUCCESS (0)"
+    assert f"Schema alpha device {device.pk} point {analog.pk} request " in caplog.text
+    assert caplog.text.count(": setpoint request ok") == 2
+
+
+def test_no_gateway_writes_in_own_session(alpha, outstation, relay, outputs, operator):
+    analog, _binary = outputs
+
+    result = write_setpoint(analog, -3.5, actor=operator)
+
+    assert result.read_back == pytest.approx(-3.5)
+    assert outstation.handler.operates == [(("AnalogOutputFloat32", -35.0), 3, "DirectOperate")]
+    assert relay.accepted == 1
+    [entry] = setpoint_entries(analog)
+    assert entry.outcome == Outcome.SUCCESS
+
+
+def test_silent_gateway_fails_and_audits(alpha, outstation, relay, outputs, operator, settings):
+    # The advertisement of a gateway that stopped without withdrawing it, or hangs, lasts until it expires.
+    settings.PROTOCOLS_GATEWAY_REPLY_MARGIN_SECONDS = 0.5
+    analog, _binary = outputs
+    get_client().set(advertisement_key("alpha", analog.device_id), "silent-gateway", ex=30)
+
+    started = time.monotonic()
+    with pytest.raises(SetpointError) as raised:
+        write_setpoint(analog, 7.0, actor=operator)
+    waited = time.monotonic() - started
+
+    message = str(raised.value)
+    assert f"Setpoint 7.0 for point {analog.pk} is unconfirmed" in message
+    assert f"Gateway silent-gateway, which holds the connection to device {analog.device_id}" in message
+    assert "did not reply within 5.5 s" in message
+    assert "check that run_gateway is running" in message
+    assert 5.5 <= waited < 8
+    [entry] = setpoint_entries(analog)
+    assert entry.outcome == Outcome.FAILURE
+    assert "did not reply within 5.5 s" in entry.detail["error"]
+    # Routed to the gateway, the write opened no connection of its own.
+    assert relay.accepted == 0
+    assert outstation.handler.operates == []
+    # The unread request expires with the gateway's command list within a second after the caller gave up.
+    assert get_client().ttl(command_key("silent-gateway")) <= 1
+
+
+def send_request(gateway_id, request):
+    """Push a raw request to the gateway's command list and return its reply, or None after 4 s."""
+    client = get_client()
+    client.rpush(command_key(gateway_id), json.dumps(request))
+    reply = client.blpop([reply_key(request["id"])], timeout=4)
+    return None if reply is None else json.loads(reply[1])
+
+
+def raw_request(point, schema, **changes):
+    fields = {
+        "pk": point.pk, "sensor_id": point.sensor_id, "dnp3_type": point.dnp3_type, "dnp3_index": point.dnp3_index,
+        "data_type": point.data_type, "scale": point.scale, "offset": point.offset,
+        "dnp3_operate_mode": point.dnp3_operate_mode, "dnp3_control": point.dnp3_control,
+        "dnp3_on_time_ms": point.dnp3_on_time_ms, "dnp3_off_time_ms": point.dnp3_off_time_ms,
+    }
+    request = {"id": uuid.uuid4().hex, "schema": schema, "device": point.device_id, "point": fields,
+               "value": 5.0, "deadline": time.time() + 10}
+    for name, value in changes.items():
+        if name in fields:
+            fields[name] = value
+        else:
+            request[name] = value
+    return request
+
+
+def test_gateway_skips_devices_not_held(alpha, beta, outstation, relay, outputs, caplog):
+    analog, _binary = outputs
+    gateway = fast_gateway()
+    caplog.set_level(logging.INFO, logger="apps.protocols.gateway_commands")
+
+    async def scenario():
+        await connected(gateway, 1)
+        gateway_id = await advertised("alpha", analog.device_id)
+        requests = {
+            "other schema": raw_request(analog, "beta"),
+            "other index": raw_request(analog, "alpha", dnp3_index=4),
+            "other sensor": raw_request(analog, "alpha", sensor_id=analog.sensor_id + 1000),
+            "unknown point": raw_request(analog, "alpha", pk=analog.pk + 1000),
+        }
+        replies = {name: await asyncio.to_thread(send_request, gateway_id, request) for name, request in requests.items()}
+        return gateway_id, requests, replies
+
+    gateway_id, requests, replies = run_gateway_during(gateway, scenario)
+
+    assert replies["other schema"]["outcome"] == "not_held"
+    assert replies["other schema"]["message"] == (
+        f"Gateway {gateway_id} holds no connection to device {analog.device_id} in schema beta. "
+        "Check that the device is enabled, then write again."
+    )
+    for name in ("other index", "other sensor", "unknown point"):
+        assert replies[name]["outcome"] == "not_held", name
+        assert "with this sensor, type and index" in replies[name]["message"], name
+    assert outstation.handler.selects == []
+    assert outstation.handler.operates == []
+    assert f"Schema beta device {analog.device_id} point {analog.pk} request {requests['other schema']['id']}: " \
+           "setpoint request not_held" in caplog.text
+
+
+def test_gateway_withdraws_advertisement_on_stop(alpha, outstation, relay, outputs):
+    analog, _binary = outputs
+    gateway = fast_gateway()
+
+    async def scenario():
+        await connected(gateway, 1)
+        return await advertised("alpha", analog.device_id)
+
+    gateway_id = run_gateway_during(gateway, scenario)
+
+    assert gateway_id == gateway.commands.gateway_id
+    assert get_client().get(advertisement_key("alpha", analog.device_id)) is None
+
+
+def test_slow_outstation_delays_only_its_device(alpha, outstation, relay, outputs, operator):
+    analog, _binary = outputs
+    slow_outstation = CommandOutstation(port=free_port_in(OUTSTATION_PORTS))
+    slow_outstation.set_outputs(analog=[(0, 0.0)])
+    slow_outstation.handler.operate_delay = 2.0
+    slow = PointFactory(
+        device=DeviceFactory(protocol="dnp3", port=slow_outstation.port, timeout=3.0,
+                             dnp3_master_address=MASTER_ADDRESS, dnp3_outstation_address=OUTSTATION_ADDRESS),
+        sensor=SensorFactory(minimum=0, maximum=100), register_type="holding", address=None,
+        dnp3_type="analog_output_status", dnp3_index=0, data_type="float32", dnp3_operate_mode="direct_operate",
+    )
+    gateway = fast_gateway()
+
+    async def scenario():
+        await connected(gateway, 2)
+        gateway_id = await advertised("alpha", slow.device_id)
+        await advertised("alpha", analog.device_id)
+        slow_reply = asyncio.create_task(asyncio.to_thread(send_request, gateway_id, raw_request(slow, "alpha")))
+        # Give the gateway time to start the slow operate.
+        await asyncio.sleep(0.5)
+        started = time.monotonic()
+        result = await sync_to_async(write_setpoint, thread_sensitive=True)(analog, 4.0, actor=operator)
+        fast_seconds = time.monotonic() - started
+        fast_finished_first = not slow_reply.done()
+        return result, fast_seconds, fast_finished_first, await slow_reply
+
+    try:
+        result, fast_seconds, fast_finished_first, slow_reply = run_gateway_during(gateway, scenario)
+    finally:
+        slow_outstation.stop()
+
+    assert result.read_back == pytest.approx(4.0)
+    assert fast_finished_first
+    assert fast_seconds < 1.5
+    assert slow_reply["outcome"] == "ok"
+    assert slow_reply["read_back"]["value"] == pytest.approx(5.0)
+    assert slow_outstation.handler.operates == [(("AnalogOutputFloat32", 5.0), 0, "DirectOperate")]
+
+
+def test_lost_connection_fails_without_session(alpha, outstation, relay, outputs, operator):
+    analog, _binary = outputs
+    gateway = fast_gateway()
+
+    async def scenario():
+        await connected(gateway, 1)
+        await advertised("alpha", analog.device_id)
+        supervised = gateway.connections[("alpha", analog.device_id)]
+        relay.break_link()
+        async with asyncio.timeout(10):
+            while supervised.driver is not None and supervised.driver.connected:
+                await asyncio.sleep(0.02)
+        with pytest.raises(SetpointError) as raised:
+            await sync_to_async(write_setpoint, thread_sensitive=True)(analog, 2.0, actor=operator)
+        return raised.value
+
+    error = run_gateway_during(gateway, scenario)
+
+    assert f"Setpoint 2.0 for point {analog.pk} was not written" in str(error)
+    assert f"The gateway's connection to device {analog.device_id} is down and reconnecting" in str(error)
+    assert outstation.handler.operates == []
+    [entry] = setpoint_entries(analog)
+    assert entry.outcome == Outcome.FAILURE
