@@ -322,6 +322,26 @@ def test_failed_poll_keeps_last_seen(alpha, register_server):
     assert healthy.error_count == 0
 
 
+def test_device_read_again_only_after_change(alpha, register_server):
+    device = DeviceFactory(port=register_server.port, unit_id=1)
+    PointFactory(device=device, address=0, data_type="uint16", sensor=SensorFactory(minimum=0, maximum=100))
+    poll_due_devices()
+
+    Device.objects.filter(pk=device.pk).update(next_poll_at=timezone.now())
+    with CaptureQueriesContext(connection) as unchanged:
+        poll_due_devices()
+    Device.objects.filter(pk=device.pk).update(port=free_port(), next_poll_at=timezone.now())
+    with CaptureQueriesContext(connection) as changed:
+        summary = poll_due_devices()
+
+    device.refresh_from_db()
+    assert _statements(unchanged.captured_queries, "SELECT", '"protocols_device"') == []
+    assert len(_statements(changed.captured_queries, "SELECT", '"protocols_device"')) == 1
+    assert summary.failed == 1
+    assert device.status == DeviceStatus.OFFLINE
+    assert "connection refused" in device.last_error
+
+
 def test_point_added_between_polls_is_read(alpha, register_server):
     register_server.set("holding", 7, [42])
     device = DeviceFactory(port=register_server.port, unit_id=1)

@@ -8,7 +8,7 @@ and pool are made lazily in the process that polls, so a prefork worker's childr
 never share a parent's loop or sockets.
 
 Connections are keyed by tenant schema and device id, and remember the host, port and
-a hash of the other connection settings. A poll with different settings closes the old
+the other connection settings. A poll with different settings closes the old
 connection and opens a new one. A connection is also closed after a transport error,
 after ``idle_seconds`` without a poll, and at worker shutdown. Each connection has a
 lock, so two polls of one device never share it, although the poll lease already
@@ -18,7 +18,6 @@ prevents that.
 import asyncio
 import atexit
 import contextlib
-import hashlib
 import logging
 import os
 import threading
@@ -42,9 +41,9 @@ class ConnectFailed(Exception):
     """The device refused the connection or did not respond to it; the message names the cause."""
 
 
-def settings_hash(device):
-    """Return a short hash of the settings besides host and port that the client is built with."""
-    return hashlib.sha256(repr((device.timeout,)).encode()).hexdigest()[:16]
+def client_settings(device):
+    """Return the settings besides host and port that the client is built with, as a tuple to compare."""
+    return (device.timeout,)
 
 
 @dataclass
@@ -76,7 +75,7 @@ class ModbusConnectionPool:
         """
         self._start_reaper()
         identity = (schema, device.pk)
-        key = (schema, device.pk, device.host, device.port, settings_hash(device))
+        key = (schema, device.pk, device.host, device.port, client_settings(device))
         entry = self.connections.get(identity)
         if entry is not None and entry.key != key:
             logger.info(
