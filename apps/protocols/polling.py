@@ -56,6 +56,7 @@ def poll_budget(device):
 @dataclass
 class PollOutcome:
     device: Device
+    # Samples and SampleRuns (apps.sensors.samples), as the driver's poll() returns them.
     samples: list = field(default_factory=list)
     point_errors: dict = field(default_factory=dict)
     error: str = ""
@@ -334,7 +335,7 @@ async def poll_device(device, *, pool=None, schema=""):
                 await _read_pooled(pool, schema, device, outcome)
             else:
                 async with get_driver(device.protocol)(device) as driver:
-                    outcome.samples = await driver.read(_read_plan(device))
+                    outcome.samples = await driver.poll(_read_plan(device))
                     outcome.point_errors = driver.point_errors
     except TimeoutError:
         outcome.error = f"Poll of {device.host}:{device.port} did not finish within {budget:g} s."
@@ -358,7 +359,7 @@ async def _read_pooled(pool, schema, device, outcome):
                 reused = connection.reused
                 driver = get_driver(device.protocol)(device, client=connection.client)
                 try:
-                    outcome.samples = await driver.read(_read_plan(device))
+                    outcome.samples = await driver.poll(_read_plan(device))
                 except DeviceUnreachable as exc:
                     # A device that restarted or dropped an idle connection fails the first request.
                     if not reused or attempt == 2:

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
+from apps.sensors.samples import expand_samples
+
 _sink = None
 _queue = None
 
@@ -49,11 +51,11 @@ def deliver_samples(schema, samples):
 
 
 def hand_off_samples(schema, samples):
-    """Queue ``samples`` for the ingest process when TELEMETRY_INTAKE_QUEUE is on, else store them now.
+    """Queue ``samples`` (Samples and SampleRuns) for the ingest process when TELEMETRY_INTAKE_QUEUE is on, else store them now.
 
     Returns a QueuedSamples when queued, else the sink's result. Both have
     ``accepted`` and ``rejected``.
     """
     if _queue is None or not settings.TELEMETRY_INTAKE_QUEUE:
-        return deliver_samples(schema, samples)
+        return deliver_samples(schema, expand_samples(samples))
     return QueuedSamples(accepted=_queue(schema, samples))

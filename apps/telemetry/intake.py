@@ -26,7 +26,8 @@ import redis
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, close_old_connections, connection
 
-from apps.sensors.samples import Sample
+from apps.sensors.quality import Quality
+from apps.sensors.samples import Sample, SampleRun, count_samples, expand_samples
 from apps.tenants.models import Tenant
 
 from .ingest import ingest
@@ -48,6 +49,9 @@ _UNPACKABLE = (TypeError, ValueError, OverflowError, AttributeError, struct.erro
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
+_TIME = struct.Struct("<q")
+_GOOD_QUALITY = bytes([Quality.GOOD])
+_HAS_VALUE = b"\x01"
 
 # Entries per XREADGROUP or XAUTOCLAIM round trip.
 READ_COUNT = 500
@@ -84,40 +88,75 @@ class DecodeError(ValueError):
 
 
 def encode_samples(samples):
-    """Return the binary payload of ``samples``.
+    """Return the binary payload of ``samples``, a list of Samples and SampleRuns.
 
     Raises one of TypeError, ValueError, OverflowError, AttributeError or
     struct.error when a field does not fit the layout. Examples are a sensor id
     that is no int64, a time that is no datetime, a value that is no float or
     a quality outside 0-255. A naive time is taken as UTC, as ingest does.
     """
+    # One list of byte strings per column of the layout, filled chunk by chunk in the order of ``samples``.
+    columns = ([], [], [], [], [])
+    count = 0
+    start = 0
+    for position, item in enumerate(samples):
+        if type(item) is SampleRun:
+            count += _encode_singles(samples[start:position], columns)
+            count += _encode_run(item, columns)
+            start = position + 1
+    count += _encode_singles(samples[start:] if start else samples, columns)
+    return _HEADER.pack(FORMAT_VERSION, count) + b"".join(b"".join(column) for column in columns)
+
+
+def _encode_singles(samples, columns):
+    """Append the columns of ``samples`` (Samples only) to ``columns``; return how many there were."""
     count = len(samples)
+    if not count:
+        return 0
     # Samples are named tuples, so zip() turns them into columns in C.
-    columns = tuple(zip(*samples)) if samples else ((), (), (), ())
-    if len(columns) != 4:
-        raise ValueError(f"samples have {len(columns)} fields instead of 4 (sensor, time, value, quality)")
-    sensor_ids, when_column, values, qualities = columns
+    fields = tuple(zip(*samples))
+    if len(fields) != 4:
+        raise ValueError(f"samples have {len(fields)} fields instead of 4 (sensor, time, value, quality)")
+    sensor_ids, when_column, values, qualities = fields
     times = []
     last_time = last_micros = None
     for when in when_column:
         # The samples of one Modbus block share one datetime object, so the conversion runs once per block.
         if when is not last_time:
-            if when.tzinfo is None:
-                last_micros = (when.replace(tzinfo=UTC) - EPOCH) // _MICROSECOND
-            else:
-                last_micros = (when - EPOCH) // _MICROSECOND
+            last_micros = _micros(when)
             last_time = when
         times.append(last_micros)
-    return struct.pack(
-        f"<BI{count}q{count}q{count}d{count}B{count}B",
-        FORMAT_VERSION,
-        count,
-        *sensor_ids,
-        *times,
-        *[0.0 if value is None else value for value in values],
-        *qualities,
-        *[value is not None for value in values],
-    )
+    sensor_column, time_column, value_column, quality_column, flag_column = columns
+    sensor_column.append(struct.pack(f"<{count}q", *sensor_ids))
+    time_column.append(struct.pack(f"<{count}q", *times))
+    value_column.append(struct.pack(f"<{count}d", *[0.0 if value is None else value for value in values]))
+    quality_column.append(struct.pack(f"<{count}B", *qualities))
+    flag_column.append(struct.pack(f"<{count}B", *[value is not None for value in values]))
+    return count
+
+
+def _encode_run(run, columns):
+    """Append the columns of one SampleRun (good values at one time) to ``columns``; return its count."""
+    count = len(run.values)
+    if len(run.sensor_ids) != count or len(run.sensor_id_bytes) != 8 * count:
+        raise ValueError(
+            f"invalid SampleRun: {len(run.sensor_ids)} sensor ids, {count} values and {len(run.sensor_id_bytes)} id bytes;"
+            " expected one value and 8 id bytes per sensor"
+        )
+    sensor_column, time_column, value_column, quality_column, flag_column = columns
+    sensor_column.append(run.sensor_id_bytes)
+    time_column.append(_TIME.pack(_micros(run.time)) * count)
+    value_column.append(struct.pack(f"<{count}d", *run.values))
+    quality_column.append(_GOOD_QUALITY * count)
+    flag_column.append(_HAS_VALUE * count)
+    return count
+
+
+def _micros(when):
+    """Return microseconds since the epoch of ``when``; a naive time is taken as UTC."""
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return (when - EPOCH) // _MICROSECOND
 
 
 def decode_samples(payload):
@@ -151,10 +190,10 @@ def decode_samples(payload):
 
 
 def _split_encodable(samples):
-    """Return (samples the layout can carry, samples it cannot)."""
+    """Return (samples the layout can carry, samples it cannot), with SampleRuns expanded to Samples."""
     encodable = []
     others = []
-    for sample in samples:
+    for sample in expand_samples(samples):
         try:
             encode_samples([sample])
         except _UNPACKABLE:
@@ -168,7 +207,7 @@ def _split_encodable(samples):
 
 
 def enqueue(schema, samples):
-    """Append ``samples`` of tenant ``schema`` to the intake stream as one entry and return how many were accepted.
+    """Append ``samples`` (Samples and SampleRuns) of tenant ``schema`` to the intake stream as one entry.
 
     Samples the binary layout cannot carry (a sensor id that is no int64, a
     time that is no datetime, a value that is no number, a quality outside
@@ -176,8 +215,8 @@ def enqueue(schema, samples):
     them exactly as it would without the queue, and its rejections are logged
     here. While the stream's Redis is unreachable, the whole batch goes
     straight to ingest, so a Redis outage slows the poller but loses nothing.
-    The return value counts the samples queued plus those ingest accepted or
-    spooled directly.
+    The return value counts the samples queued (each value of a SampleRun as
+    one) plus those ingest accepted or spooled directly.
     """
     if not isinstance(schema, str) or not schema:
         raise ValueError(f"Invalid schema {schema!r}. Pass the tenant's schema name.")
@@ -203,17 +242,17 @@ def enqueue(schema, samples):
             logger.warning(
                 "Schema %s: appending %d samples to the intake stream failed (%s); storing them and the "
                 "batches of the next %.0f s directly",
-                schema, len(samples), exc, PRODUCER_PAUSE_SECONDS,
+                schema, count_samples(samples), exc, PRODUCER_PAUSE_SECONDS,
             )
             return _ingest_directly(schema, samples)
-    accepted_count = len(queued) if payload is not None else 0
+    accepted_count = count_samples(queued) if payload is not None else 0
     if direct:
         accepted_count += _ingest_directly(schema, direct)
     return accepted_count
 
 
 def _ingest_directly(schema, samples):
-    result = ingest(schema, samples)
+    result = ingest(schema, expand_samples(samples))
     if result.rejected:
         first = result.rejected[0]
         logger.warning(

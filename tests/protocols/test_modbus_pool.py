@@ -14,6 +14,7 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 from apps.protocols.modbus.pool import ModbusConnectionPool, poll_loop, stop_poll_loop
 from apps.protocols.models import Device
 from apps.protocols.polling import poll_device, poll_due_devices
+from apps.sensors.samples import expand_samples
 from tests.conftest import ServerThread, free_port_in
 from tests.factories import DeviceFactory, PointFactory, SensorFactory
 
@@ -220,7 +221,7 @@ async def test_concurrent_polls_take_turns(server):
 
     assert overlaps == [1, 1, 1]
     assert [outcome.error for outcome in outcomes] == ["", "", ""]
-    assert [outcome.samples[0].value for outcome in outcomes] == [3.0, 3.0, 3.0]
+    assert [expand_samples(outcome.samples)[0].value for outcome in outcomes] == [3.0, 3.0, 3.0]
     assert len({id(connection) for connection in holders}) == 1
     assert server.opened == 1
     pool.close_all("test end")

@@ -9,6 +9,7 @@ from apps.protocols.drivers.modbus_tcp import ModbusTcpDriver, ReadPlan, ReadRes
 from apps.protocols.modbus.codec import BYTE_ORDERS, register_count
 from apps.protocols.models import Device, Point
 from apps.sensors.quality import Quality
+from apps.sensors.samples import Sample, SampleRun, expand_samples
 
 NUMERIC_TYPES = ("int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64")
 NOW = datetime(2026, 12, 5, 3, 0, tzinfo=UTC)
@@ -123,3 +124,75 @@ def test_scale_factor_points_use_general_path():
     assert samples[1].value == 9
     assert leftover[id(scaled)].values == [0, 7]
     assert leftover[id(scale_factor)].values == [0xFFFE]
+
+
+def polled(points, registers):
+    """Return what poll() makes of ``registers`` read as one reply: (Samples and SampleRuns, point errors)."""
+    driver = make_driver()
+    plan = ReadPlan(points)
+    replies = [(NOW, registers[block.start:block.start + block.count]) for block in plan.blocks]
+    runs = []
+    samples = driver._decode_replies(plan, replies, runs)
+    return runs + [sample for sample in samples if sample is not None], driver.point_errors
+
+
+def by_sensor(samples):
+    return sorted(samples, key=lambda sample: sample.sensor_id)
+
+
+@pytest.mark.parametrize("byte_order", BYTE_ORDERS)
+@pytest.mark.parametrize(("scale", "offset"), [(1.0, 0.0), (0.1, -5.0)])
+def test_poll_gives_what_read_gives(byte_order, scale, offset):
+    rng = random.Random(f"poll-{byte_order}-{scale}")
+    points, count = layout(NUMERIC_TYPES * 3, byte_order, scale=scale, offset=offset)
+    for _ in range(200):
+        registers = [rng.choice((0x0000, 0xFFFF, 0x8000, 0x7FFF, 0x7FC0, 0xFFC0, rng.randrange(0x10000)))
+                     for _ in range(count)]
+        items, poll_errors = polled(points, registers)
+        driver = make_driver()
+        expected = by_sensor(driver._decode_replies(ReadPlan(points), [(NOW, registers)], None))
+
+        got = by_sensor(expand_samples(items))
+        assert [sample.sensor_id for sample in got] == [sample.sensor_id for sample in expected]
+        for sample, reference in zip(got, expected, strict=True):
+            assert (sample.time, sample.quality) == (reference.time, reference.quality), registers
+            assert type(sample.value) is type(reference.value), registers
+            if reference.value is None or reference.value == reference.value:
+                assert sample.value == reference.value, (byte_order, registers)
+        assert poll_errors == driver.point_errors
+
+
+def test_poll_runs_only_valid_values():
+    points, _ = layout(["uint16", "uint16", "float32", "float32"], "ABCD")
+
+    clean, clean_errors = polled(points, [1, 2, 0x3FC0, 0, 0x4040, 0])
+    marked, marked_errors = polled(points, [1, 0xFFFF, 0x7FC0, 0, 0x4040, 0])
+
+    assert [type(item) for item in clean] == [SampleRun, SampleRun]
+    assert [item.values for item in clean] == [[1.0, 2.0], [1.5, 3.0]]
+    assert clean[0].sensor_id_bytes == (101).to_bytes(8, "little") + (102).to_bytes(8, "little")
+    assert clean_errors == {}
+    assert all(type(item) is Sample for item in marked)
+    assert [(item.sensor_id, item.value, item.quality) for item in by_sensor(marked)] == [
+        (101, 1.0, Quality.GOOD), (102, None, Quality.BAD_NOT_IMPLEMENTED),
+        (103, None, Quality.BAD_NOT_IMPLEMENTED), (104, 3.0, Quality.GOOD),
+    ]
+    assert set(marked_errors) == {2, 3}
+
+
+def test_poll_of_rejected_block_decodes_each_point():
+    points, _ = layout(["uint16", "int32"], "ABCD")
+    plan = ReadPlan(points)
+    [block] = plan.blocks
+    rejected = {id(points[0]): ReadResult(NOW, exception_code=2), id(points[1]): ReadResult(NOW, values=[0, 7])}
+    driver = make_driver()
+    runs = []
+
+    samples = driver._decode_replies(plan, [rejected], runs)
+
+    assert runs == []
+    assert [(sample.value, sample.quality) for sample in samples] == [
+        (None, Quality.BAD_DEVICE_EXCEPTION), (7.0, Quality.GOOD),
+    ]
+    assert driver.point_errors == {1: "holding 0: exception 2 (illegal data address)"}
+    assert block.fast_positions == (0, 1)

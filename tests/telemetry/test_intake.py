@@ -28,7 +28,7 @@ from django_tenants.utils import schema_context
 
 from apps.protocols import sinks
 from apps.sensors.quality import Quality
-from apps.sensors.samples import Sample
+from apps.sensors.samples import Sample, SampleRun, expand_samples
 from apps.telemetry import intake, spool
 from apps.telemetry.intake import DEAD_LETTER_KEY, GROUP, STREAM_KEY, DecodeError, decode_samples, encode_samples
 from tests.conftest import free_port_in
@@ -135,6 +135,52 @@ def test_naive_time_is_taken_as_utc():
 
 def test_empty_batch_round_trip():
     assert decode_samples(encode_samples([])) == []
+
+
+def _run(sensor_ids, when, values):
+    return SampleRun(tuple(sensor_ids), when, list(values), b"".join(i.to_bytes(8, "little", signed=True) for i in sensor_ids))
+
+
+def test_round_trip_of_runs_keeps_order():
+    later = T0 + timedelta(seconds=1, microseconds=7)
+    items = [
+        Sample(9, T0, None, Quality.BAD_NOT_IMPLEMENTED),
+        _run([1, 2, 3], T0, [1.5, -2.0, 3e300]),
+        _run([4], later, [float("inf")]),
+        Sample(5, later, 0.25, Quality.UNCERTAIN_LAST_USABLE),
+        _run([6, 7], datetime(2026, 1, 5, 10, 0), [0.0, -0.0]),
+    ]
+
+    decoded = decode_samples(encode_samples(items))
+
+    # The naive time of the last run comes back in UTC, so only the others compare equal as they are.
+    assert decoded[:6] == expand_samples(items)[:6]
+    assert [sample.sensor_id for sample in decoded] == [9, 1, 2, 3, 4, 5, 6, 7]
+    assert [sample.quality for sample in decoded] == [Quality.BAD_NOT_IMPLEMENTED, 0, 0, 0, 0, 65, 0, 0]
+    assert decoded[0].value is None
+    assert decoded[4].time == later
+    assert decoded[6].time == datetime(2026, 1, 5, 10, 0, tzinfo=UTC)
+    assert math.copysign(1.0, decoded[7].value) == -1.0
+
+
+def test_run_payload_equals_sample_payload():
+    run = _run([11, 12, 13], T0, [1.0, 2.0, 3.0])
+
+    assert encode_samples([run]) == encode_samples(expand_samples([run]))
+
+
+@pytest.mark.parametrize(
+    "run",
+    [
+        SampleRun((1, 2), T0, [1.0], b"\x01" + b"\x00" * 15),
+        SampleRun((1,), T0, [1.0], b"\x01"),
+        SampleRun((1,), "2026-01-05T10:00:00Z", [1.0], b"\x01" + b"\x00" * 7),
+        SampleRun((1,), T0, ["1.5"], b"\x01" + b"\x00" * 7),
+    ],
+)
+def test_encode_raises_for_runs_outside_layout(run):
+    with pytest.raises(intake._UNPACKABLE):
+        encode_samples([run])
 
 
 @pytest.mark.parametrize(
@@ -301,6 +347,48 @@ def test_hand_off_stores_when_setting_off(alpha, settings):
     with connection.cursor() as cursor:
         cursor.execute("SELECT value FROM telemetry_reading WHERE sensor_id = %s", [sensor.id])
         assert cursor.fetchall() == [(5.0,)]
+
+
+def test_hand_off_counts_run_values(alpha, queue_on):
+    sensors = [SensorFactory(minimum=0, maximum=100) for _ in range(3)]
+    run = _run([sensor.id for sensor in sensors], T0, [1.0, 2.0, 3.0])
+
+    result = sinks.hand_off_samples("alpha", [run, Sample(sensors[0].id, T0 + timedelta(seconds=1), 4.0, 0)])
+
+    entries = _client().xrange(STREAM_KEY)
+    assert result.accepted == 4
+    assert len(entries) == 1
+    assert decode_samples(entries[0][1][b"samples"]) == expand_samples([run]) + [
+        Sample(sensors[0].id, T0 + timedelta(seconds=1), 4.0, 0)
+    ]
+
+
+def test_hand_off_stores_runs_when_setting_off(alpha, settings):
+    settings.TELEMETRY_INTAKE_QUEUE = False
+    sensors = [SensorFactory(minimum=0, maximum=100) for _ in range(2)]
+
+    result = sinks.hand_off_samples("alpha", [_run([sensor.id for sensor in sensors], T0, [5.0, 6.0])])
+
+    assert result.accepted == 2
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT sensor_id, value FROM telemetry_reading WHERE sensor_id = ANY(%s) ORDER BY sensor_id",
+            [[sensor.id for sensor in sensors]],
+        )
+        assert cursor.fetchall() == [(sensors[0].id, 5.0), (sensors[1].id, 6.0)]
+
+
+def test_unencodable_run_is_ingested_directly(alpha, queue_on, caplog):
+    sensor = SensorFactory(minimum=0, maximum=100)
+    # Too few id bytes make the run unencodable as a whole; its samples are queued one by one.
+    broken = SampleRun((sensor.id,), T0, [7.0], b"")
+
+    accepted = intake.enqueue("alpha", [broken, Sample("x", T0, 1.0, 0)])
+
+    entries = _client().xrange(STREAM_KEY)
+    assert accepted == 1
+    assert len(entries) == 1
+    assert decode_samples(entries[0][1][b"samples"]) == [Sample(sensor.id, T0, 7.0, 0)]
 
 
 def test_tests_run_with_queue_off_by_default():

@@ -78,6 +78,14 @@ class Driver(ABC):
     async def read(self, points):
         """Read ``points`` (or what prepare() made of them) and return one Sample per point, bad ones included."""
 
+    async def poll(self, points):
+        """Read ``points`` for the poller and return their Samples and SampleRuns, in no particular order.
+
+        This default returns read(). A driver that decodes many values at once
+        returns them as SampleRuns, which the intake stream packs without a Sample per value.
+        """
+        return await self.read(points)
+
     @abstractmethod
     async def write(self, point, value):
         """Write an engineering ``value`` to ``point`` and return the value the device should now hold.

@@ -11,6 +11,7 @@ in_struct as data: it fails the request like a transport error.
 
 import asyncio
 import logging
+import math
 import struct
 import time
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusIOException
 
 from apps.sensors.quality import Quality
-from apps.sensors.samples import Sample
+from apps.sensors.samples import Sample, SampleRun
 
 from ..choices import DataType, RegisterType
 from ..modbus.codec import NOT_IMPLEMENTED_INTEGERS, decode_registers, encode_value, is_not_implemented
@@ -87,6 +88,8 @@ class Block:
     decoded: int = 0
     # Byte layouts (_AS_SENT, _BYTES_SWAPPED) that the decoders read, so a poll packs only those.
     layouts: frozenset = frozenset()
+    # Indexes into the plan's points of the points that the decoders decode.
+    fast_positions: tuple = ()
 
 
 def plan_blocks(points):
@@ -147,6 +150,8 @@ class _Unpacker(NamedTuple):
 
     All its points are of one ``kind``: "integer", "float" or "bit". ``tests``
     contains the marker set of each integer point and the bit number of each bit point.
+    ``markers`` is the union of the integer points' marker sets: a poll whose raw
+    values contain none of them needs no check per value.
     """
 
     layout: int
@@ -158,6 +163,10 @@ class _Unpacker(NamedTuple):
     tests: tuple
     scales: tuple
     offsets: tuple
+    markers: frozenset
+    # Whether every point has scale 1 and offset 0, so the raw values are the engineering values.
+    unscaled: bool
+    sensor_id_bytes: bytes
 
 
 class ReadPlan:
@@ -170,7 +179,7 @@ class ReadPlan:
     are decoded by ``_sample``.
     """
 
-    __slots__ = ("points", "scale_factors", "blocks")
+    __slots__ = ("blocks", "points", "scale_factors", "slow_positions")
 
     def __init__(self, points):
         self.points = list(points)
@@ -195,6 +204,29 @@ class ReadPlan:
             block.decoded = len(decoders)
             block.decoders = _unpackers(decoders)
             block.layouts = frozenset(decoder.layout for decoder in decoders)
+            block.fast_positions = tuple(decoder.index for decoder in decoders)
+        fast = {position for block in self.blocks for position in block.fast_positions}
+        # The points that _sample decodes after every read.
+        self.slow_positions = tuple(position for position in range(len(self.points)) if position not in fast)
+
+
+def _all_valid(unpacker, raws):
+    """Return whether no raw value of ``unpacker`` is a 'not implemented' marker or NaN."""
+    if unpacker.kind == "integer":
+        # A marker of one point may be a valid value of another, which only costs the check per value.
+        return unpacker.markers.isdisjoint(raws)
+    if unpacker.kind == "float":
+        return not any(map(math.isnan, raws))
+    return True
+
+
+def _engineering(unpacker, raws):
+    """Return the engineering values of ``raws`` as floats, as _decode_each computes them."""
+    if unpacker.kind == "bit":
+        return [float((raw >> bit) & 1) for raw, bit in zip(raws, unpacker.tests)]
+    if unpacker.unscaled:
+        return list(map(float, raws))
+    return [raw * scale + offset for raw, scale, offset in zip(raws, unpacker.scales, unpacker.offsets)]
 
 
 def _decoder(index, point, block_start):
@@ -242,12 +274,16 @@ def _unpackers(decoders):
                 fields.append(decoder.code)
                 in_struct.append(decoder)
                 end = decoder.byte_offset + struct.calcsize(endian + decoder.code)
+            sensor_ids = tuple(decoder.sensor_id for decoder in in_struct)
             unpackers.append(_Unpacker(
                 layout=layout, kind=kind, unpack_from=struct.Struct(endian + "".join(fields)).unpack_from,
                 decoders=tuple(in_struct), indexes=tuple(decoder.index for decoder in in_struct),
-                sensor_ids=tuple(decoder.sensor_id for decoder in in_struct),
+                sensor_ids=sensor_ids,
                 tests=tuple(decoder.bit if kind == "bit" else decoder.markers for decoder in in_struct),
                 scales=tuple(decoder.scale for decoder in in_struct), offsets=tuple(decoder.offset for decoder in in_struct),
+                markers=frozenset().union(*(decoder.markers for decoder in in_struct)),
+                unscaled=all(decoder.scale == 1.0 and decoder.offset == 0.0 for decoder in in_struct),
+                sensor_id_bytes=struct.pack(f"<{len(sensor_ids)}q", *sensor_ids),
             ))
             pending = overlapping
     return unpackers
@@ -306,21 +342,38 @@ class ModbusTcpDriver(Driver):
 
     async def read(self, points):
         """Read ``points`` (a list of points or the ReadPlan of one) and return a Sample per point, in order."""
+        plan, replies = await self._read_replies(points)
+        return self._decode_replies(plan, replies, None)
+
+    async def poll(self, points):
+        """Read ``points`` like read(), but return the good values that a block decodes at once as SampleRuns."""
+        plan, replies = await self._read_replies(points)
+        runs = []
+        samples = self._decode_replies(plan, replies, runs)
+        # Samples are non-empty tuples, so filter(None) drops only the positions that went into runs.
+        runs.extend(filter(None, samples))
+        return runs
+
+    async def _read_replies(self, points):
         self.point_errors = {}
         plan = points if isinstance(points, ReadPlan) else ReadPlan(points)
-        replies = [await self._read_plan_block(block) for block in plan.blocks]
+        return plan, [await self._read_plan_block(block) for block in plan.blocks]
 
+    def _decode_replies(self, plan, replies, runs):
+        """Return the Sample of each point by position, None where ``runs`` (a list) took the value instead."""
         samples = [None] * len(plan.points)
         # Keyed by id() because unsaved points have no hash.
         results = {}
+        slow_positions = plan.slow_positions
         for block, reply in zip(plan.blocks, replies):
             if isinstance(reply, dict):
                 results.update(reply)
+                # The block was read point by point, so its points are decoded one by one too.
+                slow_positions = slow_positions + block.fast_positions
             else:
-                results.update(self._decode_block(block, reply, samples) or {})
-        for position, point in enumerate(plan.points):
-            if samples[position] is not None:
-                continue
+                results.update(self._decode_block(block, reply, samples, runs) or {})
+        for position in slow_positions:
+            point = plan.points[position]
             scale_factor_read = plan.scale_factors.get((point.register_type, point.scale_factor_address))
             scale_factor_result = results[id(scale_factor_read)] if scale_factor_read else None
             samples[position] = self._sample(point, results[id(point)], scale_factor_result)
@@ -334,8 +387,12 @@ class ModbusTcpDriver(Driver):
         now = datetime.now(timezone.utc)
         return now, (response.bits if block.register_type in BIT_REGISTER_TYPES else response.registers)
 
-    def _decode_block(self, block, reply, samples):
-        """Fill ``samples`` for the points of a block read without an exception; leave the others to _sample()."""
+    def _decode_block(self, block, reply, samples, runs=None):
+        """Decode the points of a block read without an exception; return the ReadResults that _sample needs.
+
+        Fills ``samples`` by position. With a ``runs`` list, the values of an
+        unpacker whose raw values contain no marker and no NaN go into one SampleRun there instead.
+        """
         now, values = reply
         if block.decoded == len(block.points):
             results = None
@@ -350,28 +407,35 @@ class ModbusTcpDriver(Driver):
                 struct.pack(f">{count}H", *values) if _AS_SENT in block.layouts else None,
                 struct.pack(f"<{count}H", *values) if _BYTES_SWAPPED in block.layouts else None,
             )
-            good = Quality.GOOD
-            # One loop per kind keeps the per-value work to a comparison, a multiply and a Sample.
             for unpacker in block.decoders:
                 raws = unpacker.unpack_from(buffers[unpacker.layout])
-                rows = zip(unpacker.indexes, unpacker.sensor_ids, unpacker.tests, unpacker.scales, unpacker.offsets, raws)
-                if unpacker.kind == "integer":
-                    for index, sensor_id, markers, scale, offset, raw in rows:
-                        if raw in markers:
-                            samples[index] = self._not_implemented(unpacker.decoders, index, block, values, now)
-                        else:
-                            samples[index] = _new_tuple(Sample, (sensor_id, now, raw * scale + offset, good))
-                elif unpacker.kind == "float":
-                    for index, sensor_id, _, scale, offset, raw in rows:
-                        # Only NaN differs from itself; the comparison skips a call to math.isnan per value.
-                        if raw != raw:  # noqa: PLR0124
-                            samples[index] = self._not_implemented(unpacker.decoders, index, block, values, now)
-                        else:
-                            samples[index] = _new_tuple(Sample, (sensor_id, now, raw * scale + offset, good))
+                if runs is not None and _all_valid(unpacker, raws):
+                    runs.append(SampleRun(unpacker.sensor_ids, now, _engineering(unpacker, raws), unpacker.sensor_id_bytes))
                 else:
-                    for index, sensor_id, bit, _, _, raw in rows:
-                        samples[index] = _new_tuple(Sample, (sensor_id, now, float((raw >> bit) & 1), good))
+                    self._decode_each(unpacker, raws, block, values, now, samples)
         return results
+
+    def _decode_each(self, unpacker, raws, block, values, now, samples):
+        """Fill ``samples`` with a Sample per point of ``unpacker``, bad ones included."""
+        good = Quality.GOOD
+        rows = zip(unpacker.indexes, unpacker.sensor_ids, unpacker.tests, unpacker.scales, unpacker.offsets, raws)
+        # One loop per kind keeps the per-value work to a comparison, a multiply and a Sample.
+        if unpacker.kind == "integer":
+            for index, sensor_id, markers, scale, offset, raw in rows:
+                if raw in markers:
+                    samples[index] = self._not_implemented(unpacker.decoders, index, block, values, now)
+                else:
+                    samples[index] = _new_tuple(Sample, (sensor_id, now, raw * scale + offset, good))
+        elif unpacker.kind == "float":
+            for index, sensor_id, _, scale, offset, raw in rows:
+                # Only NaN differs from itself; the comparison skips a call to math.isnan per value.
+                if raw != raw:  # noqa: PLR0124
+                    samples[index] = self._not_implemented(unpacker.decoders, index, block, values, now)
+                else:
+                    samples[index] = _new_tuple(Sample, (sensor_id, now, raw * scale + offset, good))
+        else:
+            for index, sensor_id, bit, _, _, raw in rows:
+                samples[index] = _new_tuple(Sample, (sensor_id, now, float((raw >> bit) & 1), good))
 
     def _not_implemented(self, decoders, index, block, values, now):
         point = next(decoder.point for decoder in decoders if decoder.index == index)
