@@ -131,6 +131,9 @@ def _cached_devices(claimed):
         device_id: digest for device_id, _, _, digest in claimed
         if _device_cache.get((schema, device_id), (None,))[0] != digest
     }
+    for device_id in stale:
+        # A device edited and then deleted since the claim must not be polled with its old settings.
+        _device_cache.pop((schema, device_id), None)
     if stale:
         for device in Device.objects.filter(pk__in=stale):
             # A change committed after the claim gives the next claim another digest, so it is read then.

@@ -7,7 +7,14 @@ from django.utils import timezone
 
 from apps.protocols.choices import DeviceStatus
 from apps.protocols.models import Device, Point
-from apps.protocols.polling import MAX_POLL_SECONDS, claim_due_devices, poll_budget, poll_due_devices
+from apps.protocols.polling import (
+    MAX_POLL_SECONDS,
+    _cached_devices,
+    _device_cache,
+    claim_due_devices,
+    poll_budget,
+    poll_due_devices,
+)
 from apps.protocols.simulator.demo import configure_demo_plant
 from apps.protocols.simulator.plant import PLANT
 from apps.sensors.models import Sensor
@@ -340,6 +347,21 @@ def test_device_read_again_only_after_change(alpha, register_server):
     assert summary.failed == 1
     assert device.status == DeviceStatus.OFFLINE
     assert "connection refused" in device.last_error
+
+
+def test_device_deleted_after_claim_is_skipped(alpha, register_server):
+    device = DeviceFactory(port=register_server.port, unit_id=1)
+    PointFactory(device=device, address=0, data_type="uint16", sensor=SensorFactory(minimum=0, maximum=100))
+    poll_due_devices()
+    # The claim saw an edit (another digest), and the device was deleted before the claim read it again.
+    claimed = [(device.pk, DeviceStatus.ONLINE, 0, "digest after an edit")]
+    Device.objects.filter(pk=device.pk).delete()
+
+    devices, read_again = _cached_devices(claimed)
+
+    assert devices == []
+    assert read_again is True
+    assert ("alpha", device.pk) not in _device_cache
 
 
 def test_point_added_between_polls_is_read(alpha, register_server):
