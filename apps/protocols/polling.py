@@ -99,59 +99,38 @@ def claim_due_devices(now=None, candidates=None):
             cursor.execute(
                 f"UPDATE {table} AS device SET next_poll_at = %s + (poll_interval + LEAST(timeout * %s, %s))"
                 f" * interval '1 second' WHERE id IN ({locked_sql})"
-                " RETURNING id, status, consecutive_failures, md5((to_jsonb(device) - %s::text[])::text)",
-                [now, REQUESTS_PER_BUDGET, MAX_POLL_SECONDS, *locked_params, list(DEVICE_STATUS_COLUMNS)],
+                f" RETURNING id, status, consecutive_failures, (SELECT token FROM {CONFIG_VERSION_TABLE})",
+                [now, REQUESTS_PER_BUDGET, MAX_POLL_SECONDS, *locked_params],
             )
-            claimed = sorted(cursor.fetchall())
-    devices, devices_read = _cached_devices(claimed)
-    points_read = _attach_points(devices) if devices else False
-    if devices_read or points_read:
+            rows = cursor.fetchall()
+    if not rows:
+        return []
+    token = rows[0][3]
+    claimed = sorted(row[:3] for row in rows)
+    schema = connection.schema_name
+    unverified = [
+        device_id for device_id, _, _ in claimed
+        if token is None or _device_cache.get((schema, device_id), _UNCACHED)[2] != token
+    ]
+    if unverified and _verify_cache(schema, unverified, token):
         _freeze_long_lived()
-    return devices
+    return _cached_devices(schema, claimed)
 
 
+# Table whose one token changes with every change of a device's configuration or of a point (protocols
+# migration 0012). Polls write only status columns, which leave it unchanged.
+CONFIG_VERSION_TABLE = "protocols_configversion"
 # Columns that polls write. Every other column of a device is its configuration.
 DEVICE_STATUS_COLUMNS = (
     "status", "last_seen", "last_error", "last_poll_duration_ms", "consecutive_failures", "error_count", "next_poll_at",
 )
-# Devices per (schema, device id): (digest of the configuration columns, Device).
-# Kept across polls, because building each Device from its row cost 20 to 40 µs
-# of CPU per poll (bench/modbus_scaling.py profile).
+# Devices per (schema, device id): [digest of the configuration columns, Device, configuration token
+# at which the digest and the points were last compared]. Kept across polls, because building each
+# Device from its row cost 20 to 40 µs of CPU per poll (bench/modbus_scaling.py profile).
 _device_cache = {}
-
-
-def _cached_devices(claimed):
-    """Return a Device per claimed ``(id, status, consecutive_failures, digest)`` row, and whether any was read.
-
-    A device is read again only when the digest of its configuration columns
-    differs from the cached copy's. A device deleted since the claim is left out.
-    """
-    schema = connection.schema_name
-    stale = {
-        device_id: digest for device_id, _, _, digest in claimed
-        if _device_cache.get((schema, device_id), (None,))[0] != digest
-    }
-    for device_id in stale:
-        # A device edited and then deleted since the claim must not be polled with its old settings.
-        _device_cache.pop((schema, device_id), None)
-    if stale:
-        for device in Device.objects.filter(pk__in=stale):
-            # A change committed after the claim gives the next claim another digest, so it is read then.
-            _device_cache[(schema, device.pk)] = (stale[device.pk], device)
-    devices = []
-    for device_id, status, consecutive_failures, _ in claimed:
-        cached = _device_cache.get((schema, device_id))
-        if cached is None:
-            continue
-        device = cached[1]
-        device.status = status
-        device.consecutive_failures = consecutive_failures
-        devices.append(device)
-    return devices, bool(stale)
-
-
-# Points per (schema, device id): (row versions of its points, [Point]). Kept
-# across polls, because building each Point anew cost about 30 µs of CPU, or
+_UNCACHED = (None, None, None)
+# Points per (schema, device id): (row versions of its points, [Point], read plan, {point id: error}).
+# Kept across polls, because building each Point anew cost about 30 µs of CPU, or
 # 1.5 ms per poll of a device with 50 points (bench/modbus_scaling.py profile).
 _point_cache = {}
 # Seconds between two freezes of the long-lived objects (see _freeze_long_lived).
@@ -159,61 +138,109 @@ FREEZE_INTERVAL_SECONDS = 60
 _last_freeze = None
 
 
-def _attach_points(devices):
-    """Set ``enabled_points`` (by address), ``read_plan`` and ``stored_point_errors`` on each device.
+def _verify_cache(schema, device_ids, token):
+    """Compare the cached devices and points of ``device_ids`` with the database and read again what changed.
 
-    Returns whether the points of any device were read from the database.
-
-    ``read_plan`` is what the driver's ``prepare`` made of the enabled points
-    (for Modbus TCP the requests and a decoder per point), kept with them.
-
-    A device's points are read again only when the row versions of its points
-    (xmin and ctid of each row, hashed per device) differ from those of the
-    cached copy. Every INSERT, UPDATE and DELETE changes them, even within one
-    transaction, because an updated row gets a new ctid.
+    Runs for the devices not yet compared at configuration ``token``, so
+    while nothing is configured a claim costs no query beyond its UPDATE.
+    Returns whether anything was read from the database.
     """
-    schema = connection.schema_name
-    table = connection.ops.quote_name(Point._meta.db_table)
-    device_ids = "{" + ",".join(str(device.pk) for device in devices) + "}"
+    device_table = connection.ops.quote_name(Device._meta.db_table)
+    point_table = connection.ops.quote_name(Point._meta.db_table)
+    id_array = "{" + ",".join(map(str, device_ids)) + "}"
     with connection.cursor() as cursor:
         cursor.execute(
+            f"SELECT id, md5((to_jsonb(device) - %s::text[])::text) FROM {device_table} AS device"
+            " WHERE id = ANY(%s::bigint[])",
+            [list(DEVICE_STATUS_COLUMNS), id_array],
+        )
+        digests = dict(cursor.fetchall())
+        # Every INSERT, UPDATE and DELETE of a point changes these, even within one transaction,
+        # because an updated row gets a new ctid.
+        cursor.execute(
             f"SELECT device_id, md5(string_agg(id::text || ':' || xmin::text || ctid::text, ',' ORDER BY id))"
-            f" FROM {table} WHERE device_id = ANY(%s::bigint[]) GROUP BY device_id",
-            [device_ids],
+            f" FROM {point_table} WHERE device_id = ANY(%s::bigint[]) GROUP BY device_id",
+            [id_array],
         )
         versions = dict(cursor.fetchall())
 
-    stale = [
-        device for device in devices
-        if (schema, device.pk) not in _point_cache or _point_cache[(schema, device.pk)][0] != versions.get(device.pk)
+    stale_devices = [
+        device_id for device_id in device_ids
+        if _device_cache.get((schema, device_id), _UNCACHED)[0] != digests.get(device_id)
     ]
-    if stale:
-        fresh = {device.pk: [] for device in stale}
-        for point in Point.objects.raw(
-            f"SELECT * FROM {table} WHERE device_id = ANY(%s::bigint[])",
-            ["{" + ",".join(str(device.pk) for device in stale) + "}"],
-        ):
-            fresh[point.device_id].append(point)
-        for device in stale:
-            points = fresh[device.pk]
-            # Same order as ORDER BY address, which puts points without an address last.
-            enabled = sorted(
-                (point for point in points if point.enabled),
-                key=lambda point: (point.address is None, point.address or 0),
-            )
-            # A point edited after the versions query gets read again at the next poll.
-            errors = {point.pk: point.last_error for point in points if point.last_error}
-            _point_cache[(schema, device.pk)] = (
-                versions.get(device.pk), enabled, get_driver(device.protocol).prepare(enabled), errors,
-            )
+    for device_id in stale_devices:
+        # A device edited and then deleted since the claim must not be polled with its old settings.
+        _device_cache.pop((schema, device_id), None)
+    devices_read = False
+    if stale_devices:
+        for device in Device.objects.filter(pk__in=stale_devices):
+            # A change committed after the digests were read gives the next claim another token.
+            _device_cache[(schema, device.pk)] = [digests[device.pk], device, None]
+            devices_read = True
 
-    for device in devices:
-        _, enabled, plan, errors = _point_cache[(schema, device.pk)]
+    # A device read again may have another protocol, whose driver makes another read plan.
+    stale_points = [
+        device_id for device_id in device_ids
+        if (schema, device_id) in _device_cache and (
+            device_id in stale_devices
+            or (schema, device_id) not in _point_cache
+            or _point_cache[(schema, device_id)][0] != versions.get(device_id)
+        )
+    ]
+    if stale_points:
+        _read_points(schema, stale_points, versions, point_table)
+
+    for device_id in device_ids:
+        entry = _device_cache.get((schema, device_id))
+        if entry is not None:
+            entry[2] = token
+    return devices_read or bool(stale_points)
+
+
+def _read_points(schema, device_ids, versions, point_table):
+    """Read the points of ``device_ids`` and cache them by address with the driver's read plan."""
+    fresh = {device_id: [] for device_id in device_ids}
+    for point in Point.objects.raw(
+        f"SELECT * FROM {point_table} WHERE device_id = ANY(%s::bigint[])",
+        ["{" + ",".join(map(str, device_ids)) + "}"],
+    ):
+        fresh[point.device_id].append(point)
+    for device_id in device_ids:
+        device = _device_cache[(schema, device_id)][1]
+        points = fresh[device_id]
+        # Same order as ORDER BY address, which puts points without an address last.
+        enabled = sorted(
+            (point for point in points if point.enabled),
+            key=lambda point: (point.address is None, point.address or 0),
+        )
+        errors = {point.pk: point.last_error for point in points if point.last_error}
+        _point_cache[(schema, device_id)] = (
+            versions.get(device_id), enabled, get_driver(device.protocol).prepare(enabled), errors,
+        )
+
+
+def _cached_devices(schema, claimed):
+    """Return the cached Device of each claimed ``(id, status, consecutive_failures)``, with its points.
+
+    Sets ``enabled_points`` (by address), ``read_plan`` (what the driver's
+    ``prepare`` made of them) and ``stored_point_errors`` on each device. A
+    device deleted since the claim has no cache entry and is left out.
+    """
+    devices = []
+    for device_id, status, consecutive_failures in claimed:
+        entry = _device_cache.get((schema, device_id))
+        if entry is None:
+            continue
+        device = entry[1]
+        device.status = status
+        device.consecutive_failures = consecutive_failures
+        _, enabled, plan, errors = _point_cache[(schema, device_id)]
         device.enabled_points = list(enabled)
         device.read_plan = plan
-        # A changed error updates its point row, so a cached copy is as current as the versions.
+        # A changed error updates its point row, which changes the token, so the cached copy is current.
         device.stored_point_errors = dict(errors)
-    return bool(stale)
+        devices.append(device)
+    return devices
 
 
 def _freeze_long_lived():

@@ -1,3 +1,4 @@
+import uuid
 from datetime import timedelta
 
 import pytest
@@ -8,9 +9,11 @@ from django.utils import timezone
 from apps.protocols.choices import DeviceStatus
 from apps.protocols.models import Device, Point
 from apps.protocols.polling import (
+    DEVICE_STATUS_COLUMNS,
     MAX_POLL_SECONDS,
     _cached_devices,
     _device_cache,
+    _verify_cache,
     claim_due_devices,
     poll_budget,
     poll_due_devices,
@@ -343,7 +346,8 @@ def test_device_read_again_only_after_change(alpha, register_server):
 
     device.refresh_from_db()
     assert _statements(unchanged.captured_queries, "SELECT", '"protocols_device"') == []
-    assert len(_statements(changed.captured_queries, "SELECT", '"protocols_device"')) == 1
+    # One SELECT compares the configuration digests, one reads the changed device again.
+    assert len(_statements(changed.captured_queries, "SELECT", '"protocols_device"')) == 2
     assert summary.failed == 1
     assert device.status == DeviceStatus.OFFLINE
     assert "connection refused" in device.last_error
@@ -353,15 +357,72 @@ def test_device_deleted_after_claim_is_skipped(alpha, register_server):
     device = DeviceFactory(port=register_server.port, unit_id=1)
     PointFactory(device=device, address=0, data_type="uint16", sensor=SensorFactory(minimum=0, maximum=100))
     poll_due_devices()
-    # The claim saw an edit (another digest), and the device was deleted before the claim read it again.
-    claimed = [(device.pk, DeviceStatus.ONLINE, 0, "digest after an edit")]
+    # A claim saw a new configuration token, and the device was deleted before the cache was compared.
     Device.objects.filter(pk=device.pk).delete()
 
-    devices, read_again = _cached_devices(claimed)
+    read = _verify_cache("alpha", [device.pk], uuid.uuid4())
+    devices = _cached_devices("alpha", [(device.pk, DeviceStatus.ONLINE, 0)])
 
+    assert read is False
     assert devices == []
-    assert read_again is True
     assert ("alpha", device.pk) not in _device_cache
+
+
+def _config_token():
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT token FROM protocols_configversion")
+        return cursor.fetchone()[0]
+
+
+def test_config_token_follows_configuration(alpha):
+    device = DeviceFactory()
+    point = PointFactory(device=device)
+    tokens = [_config_token()]
+
+    Device.objects.filter(pk=device.pk).update(status=DeviceStatus.ONLINE, next_poll_at=timezone.now(), error_count=3)
+    tokens.append(_config_token())
+    Device.objects.filter(pk=device.pk).update(port=1502)
+    tokens.append(_config_token())
+    Point.objects.filter(pk=point.pk).update(last_error="holding 0: exception 2")
+    tokens.append(_config_token())
+    device.save()
+    tokens.append(_config_token())
+    DeviceFactory()
+    tokens.append(_config_token())
+
+    assert tokens[1] == tokens[0], "status columns must leave the token alone"
+    assert tokens[2] != tokens[1]
+    assert tokens[3] != tokens[2]
+    assert tokens[4] != tokens[3]
+    assert tokens[5] != tokens[4]
+
+
+def test_config_trigger_covers_every_setting(alpha):
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT attribute.attname FROM pg_trigger AS trigger"
+            " JOIN pg_attribute AS attribute ON attribute.attrelid = trigger.tgrelid"
+            " AND attribute.attnum = ANY(trigger.tgattr)"
+            " WHERE trigger.tgname = 'protocols_device_configured' AND trigger.tgrelid = 'protocols_device'::regclass"
+        )
+        watched = {row[0] for row in cursor.fetchall()}
+    columns = {field.column for field in Device._meta.concrete_fields}
+
+    assert watched == columns - set(DEVICE_STATUS_COLUMNS) - {"id"}
+
+
+def test_unchanged_configuration_costs_no_query(alpha, register_server):
+    device = DeviceFactory(port=register_server.port, unit_id=1)
+    PointFactory(device=device, address=0, data_type="uint16", sensor=SensorFactory(minimum=0, maximum=100))
+    poll_due_devices()
+    Device.objects.filter(pk=device.pk).update(next_poll_at=timezone.now())
+
+    with CaptureQueriesContext(connection) as queries:
+        summary = poll_due_devices()
+
+    assert summary.polled == 1
+    assert _statements(queries.captured_queries, "SELECT", '"protocols_point"') == []
+    assert _statements(queries.captured_queries, "SELECT", '"protocols_device"') == []
 
 
 def test_point_added_between_polls_is_read(alpha, register_server):
