@@ -189,7 +189,8 @@ class NotificationTargetAdmin(AuditedModelAdminMixin, admin.ModelAdmin):
 @admin.register(NotificationDelivery)
 class NotificationDeliveryAdmin(admin.ModelAdmin):
     list_display = (
-        "created_at", "target", "alarm", "event", "status", "attempts", "response_status", "delivered_at", "claimed_until"
+        "created_at", "target", "alarm", "event", "status", "attempts", "response_status", "delivered_at",
+        "claimed_until", "next_attempt_at",
     )
     list_filter = ("status", "event", "target")
     list_select_related = ("target", "alarm")

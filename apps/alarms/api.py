@@ -448,7 +448,7 @@ class NotificationDeliverySerializer(serializers.ModelSerializer):
         model = NotificationDelivery
         fields = (
             "id", "target", "alarm", "event", "status", "attempts", "response_status", "last_error", "created_at",
-            "delivered_at", "claimed_until",
+            "delivered_at", "claimed_until", "next_attempt_at",
         )
         read_only_fields = fields
 

@@ -452,6 +452,13 @@ class NotificationDelivery(models.Model):
     claim_token = models.UUIDField(
         null=True, blank=True, editable=False, help_text="Token of the task that holds the claim; empty when unclaimed."
     )
+    # The re-queue sweep queues a retrying delivery again once this is REQUEUE_GRACE_SECONDS past, because its
+    # Celery retry was then lost.
+    next_attempt_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="Time the Celery retry of a retrying delivery is due; empty unless the delivery is retrying.",
+    )
 
     class Meta:
         ordering = ["-created_at", "-id"]

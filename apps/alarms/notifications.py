@@ -5,7 +5,9 @@ as the alarm transition, so a rolled-back activation sends no notification. Afte
 commit one Celery task per delivery sends it and retries with exponential
 back-off. A task sends only while it holds the delivery's claim, a lease
 in the row, so a late, re-queued or redelivered task does not send a
-delivery that another task has sent or is sending within its lease.
+delivery that another task has sent or is sending within its lease. The
+number of attempts is stored in the row and bounds the retries, whichever
+task makes them.
 Webhooks are signed with HMAC-SHA256 over ``"<timestamp>.<body>"`` so that
 a receiver can reject forged and replayed requests.
 """
@@ -64,7 +66,10 @@ CLAIM_LEASE_SECONDS = 6 * max(WEBHOOK_TIMEOUT_SECONDS, EMAIL_TIMEOUT_SECONDS)
 RETRY_BASE_SECONDS = 30
 RETRY_MAX_SECONDS = 3600
 MAX_RETRIES = 6
-# A pending delivery that no task attempted this long after it was written has lost its task.
+# The first attempt and its retries. The stored count bounds them, so retries queued by the sweep end too.
+MAX_ATTEMPTS = MAX_RETRIES + 1
+# A pending delivery that no task attempted this long after it was written has lost its task, and a retrying
+# delivery that no task attempted this long after its retry was due has lost its retry.
 REQUEUE_GRACE_SECONDS = 120
 # Re-queues of one delivery before it is marked failed; with the doubling wait they span about an hour.
 MAX_REQUEUES = 5
@@ -74,11 +79,16 @@ REQUEUE_MEMORY_SECONDS = 86400
 
 
 class DeliveryError(Exception):
-    """One delivery attempt failed; the task retries it later."""
+    """Failure of one delivery attempt, which the task retries after ``retry_countdown`` seconds.
+
+    ``attempt_delivery`` sets ``retry_countdown`` to the back-off it stored as
+    the delivery's ``next_attempt_at``, so the Celery retry and the sweep agree.
+    """
 
     def __init__(self, message, *, response_status=None):
         super().__init__(message)
         self.response_status = response_status
+        self.retry_countdown = None
 
 
 # Webhook secrets ---------------------------------------------------------------
@@ -205,13 +215,18 @@ def _enqueue(schema, delivery_id):
 
 
 def requeue_pending_deliveries(now=None):
-    """Queue again each delivery whose task was lost or stopped mid-send; return the counts.
+    """Queue again each delivery whose task or retry was lost or stopped mid-send; return the counts.
 
-    Two kinds of delivery are due. A pending delivery that no task has
+    Three kinds of delivery are due. A pending delivery that no task has
     claimed within ``REQUEUE_GRACE_SECONDS`` lost its task, because the
-    broker was down at commit or lost the message. A pending or retrying
-    delivery whose claim expired without a result lost its worker mid-send.
-    A delivery under a live claim is never re-queued. The n-th re-queue of a
+    broker was down at commit or lost the message. A retrying delivery that
+    no task has claimed within ``REQUEUE_GRACE_SECONDS`` after its
+    ``next_attempt_at`` lost its Celery retry. Either the broker was down
+    when the retry was published, and Celery dropped the task, or it lost the
+    scheduled message in a restart without persistence. A pending or
+    retrying delivery whose claim expired without a result lost its worker
+    mid-send. A delivery under a live claim is never re-queued, and neither
+    is a retry that is not yet due. The n-th re-queue of a
     delivery waits ``REQUEUE_GRACE_SECONDS`` × 2^(n-1) after the one before,
     and after ``MAX_REQUEUES`` the delivery is marked failed. The re-queue
     count lives in the cache, so a cache flush restarts it.
@@ -222,26 +237,31 @@ def requeue_pending_deliveries(now=None):
     (``CLAIM_LEASE_SECONDS``), when a worker died after the receiver got the
     request but before the result was stored, and when a failed attempt
     (timeout, HTTP 5xx) had reached the receiver and is retried. Receivers
-    can drop such repeats by the ``X-ThermaCore-Delivery`` header.
+    can drop such repeats by the ``X-ThermaCore-Delivery`` header. When a
+    Celery retry was only late, it and the re-queued task both run, and each
+    of them that fails schedules its own retry. The delivery can then get
+    attempts sooner than the back-off, but no more than ``MAX_ATTEMPTS``.
     """
     from .tasks import deliver_notification_task
 
     now = now or timezone.now()
-    due_condition = _lost_condition(now) | _abandoned_condition(now)
+    due_condition = _lost_condition(now) | _abandoned_condition(now) | _retry_lost_condition(now)
     due = (
         NotificationDelivery.objects.filter(due_condition)
         .order_by("created_at", "pk")
-        .values_list("pk", "alarm_id", "created_at", "claimed_until")[:REQUEUE_BATCH_SIZE]
+        .values_list("pk", "alarm_id", "created_at", "claimed_until", "next_attempt_at")[:REQUEUE_BATCH_SIZE]
     )
     counts = {"requeued": 0, "failed": 0, "waiting": 0}
-    for delivery_id, alarm_id, created_at, claimed_until in due:
+    for delivery_id, alarm_id, created_at, claimed_until, next_attempt_at in due:
         key = f"alarms:delivery-requeues:{delivery_id}"
         requeues, last_requeued = cache.get(key) or (0, None)
         if last_requeued is not None and now.timestamp() < last_requeued + REQUEUE_GRACE_SECONDS * 2 ** (requeues - 1):
             counts["waiting"] += 1
             continue
         if requeues >= MAX_REQUEUES:
-            counts["failed"] += _fail_unfinished(delivery_id, alarm_id, claimed_until, requeues, due_condition)
+            counts["failed"] += _fail_unfinished(
+                delivery_id, alarm_id, claimed_until, next_attempt_at, requeues, due_condition
+            )
             continue
         try:
             deliver_notification_task.delay(delivery_id)
@@ -251,7 +271,13 @@ def requeue_pending_deliveries(now=None):
             break
         cache.set(key, (requeues + 1, now.timestamp()), timeout=REQUEUE_MEMORY_SECONDS)
         counts["requeued"] += 1
-        if claimed_until is None:
+        if claimed_until is None and next_attempt_at is not None:
+            logger.warning(
+                "The retry of notification delivery %s of alarm %s was due at %s but did not run, "
+                "so its Celery retry was lost; re-queued (%d of %d)",
+                delivery_id, alarm_id, next_attempt_at.isoformat(), requeues + 1, MAX_REQUEUES,
+            )
+        elif claimed_until is None:
             logger.warning(
                 "Notification delivery %s of alarm %s was pending without an attempt since %s; re-queued (%d of %d)",
                 delivery_id, alarm_id, created_at.isoformat(), requeues + 1, MAX_REQUEUES,
@@ -280,8 +306,24 @@ def _abandoned_condition(now):
     return Q(status__in=(DeliveryStatus.PENDING, DeliveryStatus.RETRYING), claimed_until__lte=now)
 
 
-def _fail_unfinished(delivery_id, alarm_id, claimed_until, requeues, due_condition):
-    if claimed_until is None:
+def _retry_lost_condition(now):
+    # A claim clears next_attempt_at and a failure sets it again, so an unclaimed retrying delivery whose
+    # retry was due more than the grace period ago was not attempted by that retry.
+    return Q(
+        status=DeliveryStatus.RETRYING,
+        claimed_until__isnull=True,
+        next_attempt_at__lte=now - timedelta(seconds=REQUEUE_GRACE_SECONDS),
+    )
+
+
+def _fail_unfinished(delivery_id, alarm_id, claimed_until, next_attempt_at, requeues, due_condition):
+    if claimed_until is None and next_attempt_at is not None:
+        error = (
+            f"No retry of this delivery ran after it was queued {requeues + 1} times, so its Celery retries "
+            "were lost. Check that the Celery workers run and that the broker (Redis) is up and persists "
+            "its data across restarts."
+        )
+    elif claimed_until is None:
         error = f"No task ran this delivery after it was queued {requeues + 1} times; check the Celery workers."
     else:
         error = (
@@ -290,7 +332,7 @@ def _fail_unfinished(delivery_id, alarm_id, claimed_until, requeues, due_conditi
         )
     # The condition is checked again in the UPDATE, so a task that claimed the delivery meanwhile keeps it.
     failed = NotificationDelivery.objects.filter(due_condition, pk=delivery_id).update(
-        status=DeliveryStatus.FAILED, last_error=error, claim_token=None, claimed_until=None
+        status=DeliveryStatus.FAILED, last_error=error, claim_token=None, claimed_until=None, next_attempt_at=None
     )
     if failed:
         logger.error(
@@ -311,6 +353,9 @@ def retry_countdown(retries):
 def claim_delivery(delivery_id, now=None):
     """Claim a pending or retrying delivery for one attempt and count the attempt; return the claim token.
 
+    The claim clears ``next_attempt_at``, because the attempt that was due
+    is now running.
+
     Return None when the delivery is delivered, failed or under a live claim
     of another task. The check and the claim are one conditional UPDATE, so
     of two tasks that claim at the same time only one gets the token.
@@ -325,6 +370,7 @@ def claim_delivery(delivery_id, now=None):
         claim_token=token,
         claimed_until=now + timedelta(seconds=CLAIM_LEASE_SECONDS),
         attempts=F("attempts") + 1,
+        next_attempt_at=None,
     )
     return token if claimed else None
 
@@ -342,9 +388,12 @@ def attempt_delivery(delivery_id, *, last_attempt):
     """Claim one delivery, send it once and record the result; return its status.
 
     A task that cannot claim the delivery sends nothing and returns its
-    current status. A failure raises ``DeliveryError`` after recording the
-    delivery as retrying, or records it as failed when ``last_attempt`` is
-    true. Both release the claim, so the Celery retry can claim it again.
+    current status. A failure records the delivery as failed when
+    ``last_attempt`` is true or the delivery has had ``MAX_ATTEMPTS``
+    attempts. Otherwise it records the delivery as retrying, with
+    ``next_attempt_at`` after the back-off of its stored attempt count, and
+    raises ``DeliveryError`` with that back-off as ``retry_countdown``. Both
+    release the claim, so the Celery retry can claim it again.
     """
     token = claim_delivery(delivery_id)
     if token is None:
@@ -354,13 +403,18 @@ def attempt_delivery(delivery_id, *, last_attempt):
     try:
         response_status = _send(delivery)
     except DeliveryError as exc:
+        # A task that the sweep queued starts with no Celery retries, so the stored count decides the end.
+        last_attempt = last_attempt or delivery.attempts >= MAX_ATTEMPTS
         status = DeliveryStatus.FAILED if last_attempt else DeliveryStatus.RETRYING
+        exc.retry_countdown = None if last_attempt else retry_countdown(delivery.attempts - 1)
+        next_attempt_at = None if last_attempt else timezone.now() + timedelta(seconds=exc.retry_countdown)
         recorded = _record_result(
-            delivery_id, token, status=status, last_error=str(exc)[:2000], response_status=exc.response_status
+            delivery_id, token, status=status, last_error=str(exc)[:2000], response_status=exc.response_status,
+            next_attempt_at=next_attempt_at,
         )
         logger.warning(
-            "Notification delivery %s of alarm %s to target %s failed (%s): %s",
-            delivery_id, delivery.alarm_id, delivery.target_id, status, exc,
+            "Notification delivery %s of alarm %s to target %s failed on attempt %d of %d (%s): %s",
+            delivery_id, delivery.alarm_id, delivery.target_id, delivery.attempts, MAX_ATTEMPTS, status, exc,
         )
         if not recorded:
             # Another task claimed the delivery after this claim expired, or the sweep marked it failed,

@@ -10,7 +10,6 @@ from .notifications import (
     DeliveryError,
     attempt_delivery,
     requeue_pending_deliveries,
-    retry_countdown,
 )
 from .timers import run_alarm_timers
 
@@ -38,11 +37,14 @@ def deliver_notification_task(self, delivery_id):
     """Send one notification delivery, retrying with exponential back-off while it fails.
 
     A task whose delivery another task holds or has finished sends nothing and returns the delivery's status.
+    The delivery's stored attempt count also ends the retries, so a task that the sweep queued stops too.
     """
     try:
         return attempt_delivery(delivery_id, last_attempt=self.request.retries >= self.max_retries)
     except DeliveryError as exc:
-        raise self.retry(exc=exc, countdown=retry_countdown(self.request.retries)) from exc
+        # attempt_delivery stored this back-off as next_attempt_at, and the sweep re-queues the delivery
+        # when the retry has not run by then.
+        raise self.retry(exc=exc, countdown=exc.retry_countdown) from exc
 
 
 @shared_task(name="alarms.requeue_pending_deliveries", soft_time_limit=60, time_limit=90)

@@ -1,5 +1,8 @@
 """Claims of notification deliveries: one send per delivery despite late, re-queued, concurrent and killed tasks.
 
+Retrying deliveries whose Celery retry was lost are re-queued once their
+retry is overdue, and they still end after the allowed number of attempts.
+
 Late and re-queued tasks run at the same time on a real Celery worker
 (threads pool) with the Redis broker of the test run. Concurrent attempts
 run in two threads against one committed delivery. Every webhook goes to a
@@ -24,6 +27,7 @@ from apps.alarms.choices import AlarmState, DeliveryStatus, NotificationEvent, T
 from apps.alarms.models import AlarmTransition, NotificationDelivery, NotificationTarget
 from apps.alarms.notifications import (
     CLAIM_LEASE_SECONDS,
+    MAX_ATTEMPTS,
     MAX_REQUEUES,
     REQUEUE_GRACE_SECONDS,
     WEBHOOK_TIMEOUT_SECONDS,
@@ -33,6 +37,7 @@ from apps.alarms.notifications import (
     claim_delivery,
     encrypt_secret,
     requeue_pending_deliveries,
+    retry_countdown,
 )
 from apps.alarms.tasks import deliver_notification_task
 from thermacore.celery import app
@@ -278,8 +283,8 @@ def test_failed_attempt_releases_claim_for_retry(sensor, make_rule, feed, webhoo
     delivery.refresh_from_db()
     after_failure = (delivery.status, delivery.attempts, delivery.response_status)
     claim_after_failure = (delivery.claim_token, delivery.claimed_until)
-    # A retrying delivery waits for its Celery retry, so the sweep leaves it alone.
-    sweep = requeue_pending_deliveries(now=timezone.now() + timedelta(hours=2))
+    # Until its retry is overdue, a retrying delivery waits for its Celery retry, so the sweep leaves it alone.
+    sweep = requeue_pending_deliveries(now=delivery.next_attempt_at + timedelta(seconds=REQUEUE_GRACE_SECONDS - 1))
 
     with eager(), schema_context("alpha"):
         retry = deliver_notification_task.apply(args=(delivery.pk,), retries=1)
@@ -294,6 +299,171 @@ def test_failed_attempt_releases_claim_for_retry(sensor, make_rule, feed, webhoo
     assert delivery.attempts == 2
     assert delivery.response_status == 204
     assert delivery.claim_token is None
+    assert delivery.next_attempt_at is None
+
+
+def test_lost_retry_requeued_and_sent_once(sensor, make_rule, feed, webhook, receiver, caplog):
+    receiver.fail_first = 1
+    make_rule(condition="hi", limit=100.0, priority="high")
+    # The first task waits in the broker, and the test runs it in place of a worker.
+    feed(sensor, (at(0), 105.0))
+    delivery = NotificationDelivery.objects.get()
+    caplog.set_level(logging.INFO, logger="apps.alarms.notifications")
+
+    failed_at = timezone.now()
+    # Called directly, the task raises its error instead of publishing its retry, as when the broker is down then.
+    with pytest.raises(DeliveryError, match="HTTP 503"):
+        deliver_notification_task(delivery.pk)
+    delivery.refresh_from_db()
+    after_failure = (delivery.status, delivery.attempts, delivery.claimed_until)
+    due = delivery.next_attempt_at
+    within_grace = requeue_pending_deliveries(now=due + timedelta(seconds=REQUEUE_GRACE_SECONDS - 1))
+    with eager():
+        overdue = requeue_pending_deliveries(now=due + timedelta(seconds=REQUEUE_GRACE_SECONDS + 1))
+    afterwards = requeue_pending_deliveries(now=due + timedelta(days=1))
+
+    delivery.refresh_from_db()
+    assert after_failure == (DeliveryStatus.RETRYING, 1, None)
+    assert due >= failed_at + timedelta(seconds=retry_countdown(0))
+    assert due <= failed_at + timedelta(seconds=retry_countdown(0) + WAIT_SECONDS)
+    assert within_grace == {"requeued": 0, "failed": 0, "waiting": 0}
+    assert overdue == {"requeued": 1, "failed": 0, "waiting": 0}
+    assert afterwards == {"requeued": 0, "failed": 0, "waiting": 0}
+    # The failed attempt and the one successful send of the re-queued task.
+    assert len(receiver.requests) == 2
+    assert receiver.requests[1]["body"]["delivery"] == delivery.pk
+    assert delivery.status == DeliveryStatus.DELIVERED
+    assert delivery.attempts == 2
+    assert delivery.next_attempt_at is None
+    assert delivery.claimed_until is None
+    assert (
+        f"The retry of notification delivery {delivery.pk} of alarm {delivery.alarm_id} was due at {due.isoformat()}"
+        in caplog.text
+    )
+
+
+def test_future_retry_not_requeued_early(sensor, make_rule, feed, webhook, receiver):
+    receiver.fail_first = 1
+    make_rule(condition="hi", limit=100.0, priority="high")
+    feed(sensor, (at(0), 105.0))
+    delivery = NotificationDelivery.objects.get()
+    # After five earlier attempts the next back-off is the longest one that MAX_RETRIES allows.
+    earlier_attempts = MAX_ATTEMPTS - 2
+    countdown = retry_countdown(earlier_attempts)
+    NotificationDelivery.objects.filter(pk=delivery.pk).update(status=DeliveryStatus.RETRYING, attempts=earlier_attempts)
+
+    failed_at = timezone.now()
+    with pytest.raises(DeliveryError, match="HTTP 503"):
+        deliver_notification_task(delivery.pk)
+    delivery.refresh_from_db()
+    early = [
+        requeue_pending_deliveries(now=failed_at + timedelta(seconds=seconds))
+        for seconds in (0, REQUEUE_GRACE_SECONDS + 1, countdown, countdown + REQUEUE_GRACE_SECONDS - 1)
+    ]
+    overdue = requeue_pending_deliveries(
+        now=delivery.next_attempt_at + timedelta(seconds=REQUEUE_GRACE_SECONDS + 1)
+    )
+
+    assert countdown == 960
+    assert delivery.status == DeliveryStatus.RETRYING
+    assert delivery.attempts == earlier_attempts + 1
+    assert delivery.next_attempt_at >= failed_at + timedelta(seconds=countdown)
+    assert early == [{"requeued": 0, "failed": 0, "waiting": 0}] * 4
+    assert overdue == {"requeued": 1, "failed": 0, "waiting": 0}
+    assert len(receiver.requests) == 1
+
+
+def test_requeued_retries_end_failed(sensor, make_rule, feed, webhook, receiver):
+    receiver.fail_first = MAX_ATTEMPTS * 2
+    make_rule(condition="hi", limit=100.0, priority="high")
+    feed(sensor, (at(0), 105.0))
+    delivery = NotificationDelivery.objects.get()
+
+    # The first attempt's retry is lost. The re-queued task starts with no Celery retries and retries eagerly.
+    with pytest.raises(DeliveryError, match="HTTP 503"):
+        deliver_notification_task(delivery.pk)
+    delivery.refresh_from_db()
+    with eager():
+        sweep = requeue_pending_deliveries(now=delivery.next_attempt_at + timedelta(seconds=REQUEUE_GRACE_SECONDS + 1))
+    afterwards = requeue_pending_deliveries(now=timezone.now() + timedelta(days=1))
+
+    delivery.refresh_from_db()
+    assert sweep == {"requeued": 1, "failed": 0, "waiting": 0}
+    assert afterwards == {"requeued": 0, "failed": 0, "waiting": 0}
+    assert len(receiver.requests) == MAX_ATTEMPTS
+    assert delivery.status == DeliveryStatus.FAILED
+    assert delivery.attempts == MAX_ATTEMPTS
+    assert "HTTP 503" in delivery.last_error
+    assert delivery.next_attempt_at is None
+    assert delivery.claimed_until is None
+
+
+def test_every_retry_lost_ends_failed(sensor, make_rule, feed, webhook, receiver):
+    receiver.fail_first = MAX_ATTEMPTS * 2
+    make_rule(condition="hi", limit=100.0, priority="high")
+    feed(sensor, (at(0), 105.0))
+    delivery = NotificationDelivery.objects.get()
+
+    # Each task that the sweep queues fails, and its Celery retry is lost too. The test runs the tasks
+    # that the sweep publishes in place of a worker.
+    with pytest.raises(DeliveryError, match="HTTP 503"):
+        deliver_notification_task(delivery.pk)
+    sweeps = []
+    now = timezone.now() + timedelta(days=1)
+    for _ in range(MAX_REQUEUES):
+        sweeps.append(requeue_pending_deliveries(now=now))
+        now += timedelta(seconds=REQUEUE_GRACE_SECONDS * 2**MAX_REQUEUES)
+        with pytest.raises(DeliveryError, match="HTTP 503"):
+            deliver_notification_task(delivery.pk)
+    final = requeue_pending_deliveries(now=now)
+
+    delivery.refresh_from_db()
+    assert sweeps == [{"requeued": 1, "failed": 0, "waiting": 0}] * MAX_REQUEUES
+    assert final == {"requeued": 0, "failed": 1, "waiting": 0}
+    assert len(receiver.requests) == MAX_REQUEUES + 1
+    assert delivery.attempts == MAX_REQUEUES + 1
+    assert delivery.status == DeliveryStatus.FAILED
+    assert f"queued {MAX_REQUEUES + 1} times, so its Celery retries were lost" in delivery.last_error
+    assert delivery.next_attempt_at is None
+
+
+@pytest.mark.slow
+def test_late_retry_and_requeued_task_send_once(committed_delivery, receiver, django_db_blocker):
+    receiver.fail_first = 1
+    with django_db_blocker.unblock(), schema_context("alpha"):
+        with pytest.raises(DeliveryError, match="HTTP 503"):
+            attempt_delivery(committed_delivery.pk, last_attempt=False)
+        due = NotificationDelivery.objects.get(pk=committed_delivery.pk).next_attempt_at
+        # The Celery retry is only late, so it waits in the broker with no worker running, past its due time.
+        deliver_notification_task.apply_async(args=(committed_delivery.pk,), retries=1)
+        counts = requeue_pending_deliveries(now=due + timedelta(seconds=REQUEUE_GRACE_SECONDS + 1))
+
+    # The receiver keeps the next request waiting, so the worker runs the retry and the re-queued task at once.
+    receiver.arrived.clear()
+    receiver.hold = threading.Event()
+    with django_db_blocker.unblock(), finished_deliveries() as results:
+        with celery_worker():
+            try:
+                first = next_or_none(results)
+                arrived = receiver.arrived.wait(timeout=WAIT_SECONDS)
+                requests_while_held = len(receiver.requests)
+            finally:
+                receiver.hold.set()
+            second = next_or_none(results)
+        with schema_context("alpha"):
+            delivery = NotificationDelivery.objects.get(pk=committed_delivery.pk)
+
+    assert counts == {"requeued": 1, "failed": 0, "waiting": 0}
+    assert first == DeliveryStatus.RETRYING
+    assert arrived is True
+    # The failed first attempt and the one held send.
+    assert requests_while_held == 2
+    assert second == DeliveryStatus.DELIVERED
+    assert len(receiver.requests) == 2
+    assert delivery.status == DeliveryStatus.DELIVERED
+    assert delivery.attempts == 2
+    assert delivery.claim_token is None
+    assert delivery.next_attempt_at is None
 
 
 def test_delivered_delivery_not_sent_again(sensor, make_rule, feed, webhook, receiver, eager_tasks, caplog):
