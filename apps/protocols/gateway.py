@@ -9,6 +9,7 @@ Gateway.run
  └─ every tick: flush samples to ingest, per schema
     every heartbeat: device status and last_seen
     every reload: start, stop or restart connections whose configuration changed
+    (at the next tick when a setpoint request carried newer connection settings)
 ```
 Each connection runs in a task of its own, so a failing device only delays itself.
 Database work goes through ``sync_to_async(thread_sensitive=True)``. Run the gateway
@@ -72,6 +73,16 @@ class ConnectionSpec:
         return (self.schema, self.device.pk)
 
 
+def connection_settings(device):
+    """Return the device's connection fields and the ids of its trusted certificates, whose change restarts a connection.
+
+    Setpoint requests carry a digest of these (apps.protocols.gateway_commands.connection_digest).
+    Values go through their model field's ``to_python``, so an unsaved 1 and a loaded 1.0 compare equal.
+    """
+    values = tuple(Device._meta.get_field(name).to_python(getattr(device, name)) for name in DEVICE_CONNECTION_FIELDS)
+    return values, tuple(sorted(certificate.pk for certificate in device.trusted_certificates.all()))
+
+
 def load_specs():
     """Return a ConnectionSpec per enabled subscription device of every active tenant, keyed by (schema, device id).
 
@@ -91,8 +102,7 @@ def load_specs():
         for device in devices:
             device_points = tuple(points[device.pk])
             fingerprint = (
-                tuple(getattr(device, name) for name in DEVICE_CONNECTION_FIELDS),
-                tuple(sorted(certificate.pk for certificate in device.trusted_certificates.all())),
+                *connection_settings(device),
                 tuple((point.pk, *(getattr(point, name) for name in POINT_CONNECTION_FIELDS)) for point in device_points),
             )
             spec = ConnectionSpec(schema, device, device_points, fingerprint)
@@ -197,6 +207,7 @@ class Gateway:
         self._loop = None
         self._stop = None
         self._stop_requested = False
+        self._reload_requested = False
         self.commands = CommandServer(self)
 
     def backoff(self, failures):
@@ -208,6 +219,10 @@ class Gateway:
         self._stop_requested = True
         if self._loop is not None and self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
+
+    def request_reload(self):
+        """Reload the configuration at the next tick instead of at the next reload interval; call it on the gateway's loop."""
+        self._reload_requested = True
 
     def deliver(self, schema, samples):
         self._pending[schema].extend(samples)
@@ -224,7 +239,8 @@ class Gateway:
         try:
             while not self._stop.is_set():
                 now = time.monotonic()
-                if now >= next_reload:
+                if now >= next_reload or self._reload_requested:
+                    self._reload_requested = False
                     await self._guarded(self.reload, "Reloading the device configuration")
                     next_reload = now + self.reload_interval
                 await self.flush()

@@ -10,9 +10,11 @@ caller (write_setpoint)                       gateway (run_gateway)
  BLPOP thermacore:gateway-replies:<request>    ← LPUSH + EXPIRE after write and read-back
 ```
 The gateway runs the read, write and read-back of ``write_and_read_back`` on the driver of
-the connection it holds, one request per device at a time. Without an advertisement (no
-gateway runs, as in tests and one-off commands) the write opens a session of its own, as
-Modbus and OPC UA writes do. Audit entries and the stored read-back stay in ``apps.protocols.services``.
+the connection it holds, one request per device at a time. A request carries a digest of the
+device's connection settings as the caller read them. The gateway rejects it as "stale" when its
+own copy differs, so a re-pointed device is never commanded over the old connection. Without
+an advertisement (no gateway runs, as in tests and one-off commands) the write opens a session
+of its own, as Modbus and OPC UA writes do. Audit entries and the stored read-back stay in ``apps.protocols.services``.
 
 Only DNP3 is routed. OPC UA servers accept several sessions, so a write session of its own
 takes no slot from the gateway's, and its read-back is a fresh read rather than the
@@ -34,6 +36,7 @@ import redis
 import redis.asyncio
 from django.conf import settings
 from django.db import connection
+from django.utils.crypto import salted_hmac
 
 from apps.sensors.quality import is_bad
 from apps.sensors.samples import Sample
@@ -52,6 +55,8 @@ WRITE_FIELDS = (
 )
 # Fields that must equal the gateway's copy of the point, so a request never reaches another output.
 IDENTITY_FIELDS = ("sensor_id", "dnp3_type", "dnp3_index")
+# Types a number in a reply decodes to. A JSON true or false decodes to a bool, which passes as an int.
+NUMBER_TYPES = (int, float)
 # Shortest lifetime of an advertisement, so a busy event loop cannot let it lapse between refreshes.
 MIN_ADVERTISEMENT_SECONDS = 5.0
 # Seconds a gateway waits on its command list per BLPOP, which bounds how long stopping takes.
@@ -69,7 +74,11 @@ return 0
 """
 
 
-class NoGatewayReply(DeviceUnreachable):
+class UnconfirmedWrite(DeviceUnreachable):
+    """The gateway may have sent the write to the device, but its outcome is unknown."""
+
+
+class NoGatewayReply(UnconfirmedWrite):
     """The gateway that holds the device's connection did not reply in time, so the write is unconfirmed."""
 
 
@@ -85,6 +94,18 @@ def command_key(gateway_id):
 
 def reply_key(request_id):
     return f"thermacore:gateway-replies:{request_id}"
+
+
+def connection_digest(device):
+    """Return an HMAC of the device's connection settings, which a request carries and the gateway compares with its copy.
+
+    Keyed with SECRET_KEY, because the settings include the device's password and requests sit in Redis.
+    """
+    # Imported here because apps.protocols.gateway imports this module.
+    from .gateway import connection_settings
+
+    payload = json.dumps(connection_settings(device), default=str)
+    return salted_hmac("thermacore.gateway.connection-settings", payload, algorithm="sha256").hexdigest()
 
 
 def reply_timeout(device):
@@ -117,14 +138,28 @@ def gateway_holding(schema, device_id):
     Raise DeviceUnreachable when Redis cannot be reached, because a session of its own could then
     take the outstation's only master slot from a running gateway.
     """
+    key = advertisement_key(schema, device_id)
     try:
-        gateway_id = _client().get(advertisement_key(schema, device_id))
+        value = _client().get(key)
     except redis.RedisError as exc:
         raise DeviceUnreachable(
             f"Looking up the gateway of device {device_id} in Redis failed ({exc}). "
             "Check THERMACORE_REDIS_URL and that Redis runs, then write again."
         ) from exc
-    return None if gateway_id is None else gateway_id.decode()
+    if value is None:
+        return None
+    try:
+        gateway_id = value.decode()
+    except UnicodeDecodeError:
+        gateway_id = None
+    # Gateway ids are <host>-<pid>-<hex> (CommandServer), so they are printable and contain no spaces.
+    if not gateway_id or not gateway_id.isprintable() or " " in gateway_id:
+        raise DeviceUnreachable(
+            f"The Redis key {key} holds {value[:80]!r}, which is not a gateway id, so the setpoint was sent to no "
+            f"gateway and no device. Delete the key (redis-cli DEL {key}) and check that only run_gateway writes "
+            "it. A running gateway advertises the device again at its next heartbeat; write again after that."
+        )
+    return gateway_id
 
 
 class SetpointWriter:
@@ -179,6 +214,8 @@ class SetpointWriter:
             "device": self.device.pk,
             "point": {"pk": point.pk, **{name: getattr(point, name) for name in IDENTITY_FIELDS + WRITE_FIELDS}},
             "value": value,
+            # The gateway executes the request only on a connection made with these settings.
+            "connection": connection_digest(self.device),
             # Wall-clock time, because the gateway runs in another process. It skips requests past it.
             "deadline": time.time() + timeout,
         }
@@ -206,20 +243,22 @@ class SetpointWriter:
                 "run_gateway is running and read the device's value before writing again."
             )
         try:
-            reply = json.loads(reply[1])
-            outcome = reply["outcome"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise DeviceUnreachable(
-                f"Gateway {self.gateway_id} sent a malformed reply to request {request_id} ({type(exc).__name__}: "
-                f"{exc}). Check that it runs this version, then read the device's value before writing again."
+            reply = checked_reply(json.loads(reply[1]))
+        except (ValueError, TypeError) as exc:
+            # The reply may be of a request that ran, so the write counts as unconfirmed, never as not written.
+            raise UnconfirmedWrite(
+                f"The reply of gateway {self.gateway_id} to request {request_id} was malformed ({exc}). The write "
+                "may have reached the device: check that run_gateway runs the same version as this process, and "
+                "read the device's value before writing again."
             ) from exc
-        return self._result_of(reply, outcome, point)
+        return self._result_of(reply, point)
 
-    def _result_of(self, reply, outcome, point):
+    def _result_of(self, reply, point):
+        outcome = reply["outcome"]
         self.write_response = reply.get("write_response")
         if reply.get("point_error"):
             self.point_errors = {point.pk: reply["point_error"]}
-        message = reply.get("message", "")
+        message = reply.get("message") or f"the gateway replied {outcome}"
         if outcome == "rejected":
             raise WriteRejected(message)
         if outcome == "invalid":
@@ -229,13 +268,50 @@ class SetpointWriter:
 
         self._expected = reply["expected"]
         read_back = reply["read_back"]
-        sample = Sample(
-            point.sensor_id,
-            datetime.fromisoformat(read_back["time"]),
-            read_back["value"],
-            int(read_back["quality"]),
-        )
+        sample = Sample(point.sensor_id, read_back["time"], read_back["value"], read_back["quality"])
         return reply["previous"], reply["written"], sample
+
+
+def checked_reply(reply):
+    """Return the decoded gateway reply with ``read_back["time"]`` parsed, or raise ValueError or TypeError naming the first invalid field."""
+    if not isinstance(reply, dict):
+        raise TypeError(f"the reply is a JSON {type(reply).__name__}, not an object")
+    _checked_field(reply, "outcome", str)
+    for name in ("message", "write_response", "point_error"):
+        _checked_field(reply, name, str, required=False, nullable=True)
+    if reply["outcome"] != "ok":
+        return reply
+
+    _checked_field(reply, "previous", NUMBER_TYPES, nullable=True)
+    _checked_field(reply, "written", NUMBER_TYPES)
+    _checked_field(reply, "expected", NUMBER_TYPES, nullable=True)
+    read_back = _checked_field(reply, "read_back", dict)
+    _checked_field(read_back, "value", NUMBER_TYPES, nullable=True, where="read_back")
+    quality = _checked_field(read_back, "quality", int, where="read_back")
+    if isinstance(quality, bool):
+        raise TypeError("read_back.quality is a boolean, not an integer")
+    text = _checked_field(read_back, "time", str, where="read_back")
+    try:
+        time_read = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"read_back.time {text[:40]!r} is not an ISO 8601 time") from None
+    if time_read.tzinfo is None:
+        raise ValueError(f"read_back.time {text[:40]!r} has no UTC offset")
+    return {**reply, "read_back": {**read_back, "time": time_read}}
+
+
+def _checked_field(mapping, name, types, *, required=True, nullable=False, where=None):
+    label = name if where is None else f"{where}.{name}"
+    if name not in mapping:
+        if required:
+            raise ValueError(f"{label} is missing")
+        return None
+    value = mapping[name]
+    if value is None and nullable:
+        return None
+    if not isinstance(value, types):
+        raise TypeError(f"{label} is {json.dumps(value)[:40]}, of the wrong type")
+    return value
 
 
 # The gateway's side
@@ -364,13 +440,15 @@ class CommandServer:
             point_id, value, deadline = int(fields["pk"]), float(request["value"]), float(request["deadline"])
             if not isinstance(schema, str) or not isinstance(fields, dict):
                 raise TypeError(f"schema {schema!r} is not a string or point {fields!r} is not an object")
+            # A missing digest never matches, so the reply is "stale" rather than a command on unknown settings.
+            settings_digest = request.get("connection")
         except (ValueError, KeyError, TypeError) as exc:
             logger.warning("Gateway %s: dropped a malformed setpoint request (%s: %s)",
                            self.gateway_id, type(exc).__name__, exc)
             return
         ids = f"Schema {schema} device {device_id} point {point_id} request {request_id}"
         logger.info("%s: setpoint request received", ids)
-        reply = await self._reply_for(ids, schema, device_id, point_id, fields, value, deadline)
+        reply = await self._reply_for(ids, schema, device_id, point_id, fields, value, deadline, settings_digest)
         level = logging.INFO if reply["outcome"] == "ok" else logging.WARNING
         outcome = reply["outcome"] if "message" not in reply else f"{reply['outcome']}: {reply['message']}"
         logger.log(level, "%s: setpoint request %s", ids, outcome)
@@ -385,12 +463,22 @@ class CommandServer:
         except redis.RedisError as exc:
             logger.error("%s: sending the reply through Redis failed: %s", ids, exc)
 
-    async def _reply_for(self, ids, schema, device_id, point_id, fields, value, deadline):
+    async def _reply_for(self, ids, schema, device_id, point_id, fields, value, deadline, settings_digest):
         supervised = self.gateway.connections.get((schema, device_id))
         if supervised is None or supervised.spec.device.protocol not in ROUTED_PROTOCOLS:
             return {"outcome": "not_held", "message": (
                 f"Gateway {self.gateway_id} holds no connection to device {device_id} in schema {schema}. "
                 "Check that the device is enabled, then write again."
+            )}
+        # Differing digests mean the device was re-pointed since one side read it, so this connection may reach
+        # another outstation.
+        if settings_digest != connection_digest(supervised.spec.device):
+            self.gateway.request_reload()
+            return {"outcome": "stale", "message": (
+                f"Gateway {self.gateway_id} has not loaded the current connection settings of device {device_id} "
+                "yet (host, port, DNP3 addresses or TLS settings changed), so it sent no command over its old "
+                f"connection. It reloads every {self.gateway.reload_interval:g} s (run_gateway --reload) and was "
+                "asked to reload now; write again after that."
             )}
         point = _point_for_request(supervised.spec.points, point_id, fields)
         if point is None:

@@ -18,7 +18,7 @@ from apps.sensors.quality import is_bad, quality_label
 
 from .choices import DataType, Dnp3PointType, Protocol, RegisterType
 from .drivers.base import DeviceUnreachable, WriteRejected
-from .gateway_commands import NoGatewayReply, SetpointWriter
+from .gateway_commands import SetpointWriter, UnconfirmedWrite
 from .sinks import deliver_samples
 
 logger = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ def write_setpoint(point, value, *, actor):
     try:
         previous, written, read_back = driver.write_and_read_back(point, value)
     except (DeviceUnreachable, WriteRejected) as exc:
-        state = "is unconfirmed" if isinstance(exc, NoGatewayReply) else "was not written"
+        state = "is unconfirmed" if isinstance(exc, UnconfirmedWrite) else "was not written"
         error = SetpointError(f"Setpoint {value} for point {point.pk} {state}: {exc}")
         _record_failure(point, value, actor, error, response=driver.write_response)
         raise error from exc

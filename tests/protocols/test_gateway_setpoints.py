@@ -11,6 +11,7 @@ import json
 import logging
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -19,7 +20,8 @@ from django.contrib.auth import get_user_model
 from apps.accounts.choices import Role
 from apps.audit.choices import AuditAction, Outcome
 from apps.audit.models import AuditEntry
-from apps.protocols.gateway_commands import advertisement_key, command_key, reply_key
+from apps.protocols.gateway_commands import advertisement_key, command_key, connection_digest, reply_key
+from apps.protocols.models import Device, Point
 from apps.protocols.services import SetpointError, write_setpoint
 from apps.telemetry.latest import get_client
 from tests.conftest import ServerThread, free_port_in
@@ -230,6 +232,7 @@ def send_request(gateway_id, request):
 
 
 def raw_request(point, schema, **changes):
+    """Return a request as write_setpoint sends it; ``changes`` replace point fields or request keys."""
     fields = {
         "pk": point.pk, "sensor_id": point.sensor_id, "dnp3_type": point.dnp3_type, "dnp3_index": point.dnp3_index,
         "data_type": point.data_type, "scale": point.scale, "offset": point.offset,
@@ -237,7 +240,7 @@ def raw_request(point, schema, **changes):
         "dnp3_on_time_ms": point.dnp3_on_time_ms, "dnp3_off_time_ms": point.dnp3_off_time_ms,
     }
     request = {"id": uuid.uuid4().hex, "schema": schema, "device": point.device_id, "point": fields,
-               "value": 5.0, "deadline": time.time() + 10}
+               "value": 5.0, "connection": connection_digest(point.device), "deadline": time.time() + 10}
     for name, value in changes.items():
         if name in fields:
             fields[name] = value
@@ -250,16 +253,19 @@ def test_gateway_skips_devices_not_held(alpha, beta, outstation, relay, outputs,
     analog, _binary = outputs
     gateway = fast_gateway()
     caplog.set_level(logging.INFO, logger="apps.protocols.gateway_commands")
+    # Built here, because connection_digest reads the database, which the gateway's event loop must not.
+    requests = {
+        "other schema": raw_request(analog, "beta"),
+        "other index": raw_request(analog, "alpha", dnp3_index=4),
+        "other sensor": raw_request(analog, "alpha", sensor_id=analog.sensor_id + 1000),
+        "unknown point": raw_request(analog, "alpha", pk=analog.pk + 1000),
+        "no digest": raw_request(analog, "alpha", connection=None),
+        "other digest": raw_request(analog, "alpha", connection="0" * 64),
+    }
 
     async def scenario():
         await connected(gateway, 1)
         gateway_id = await advertised("alpha", analog.device_id)
-        requests = {
-            "other schema": raw_request(analog, "beta"),
-            "other index": raw_request(analog, "alpha", dnp3_index=4),
-            "other sensor": raw_request(analog, "alpha", sensor_id=analog.sensor_id + 1000),
-            "unknown point": raw_request(analog, "alpha", pk=analog.pk + 1000),
-        }
         replies = {name: await asyncio.to_thread(send_request, gateway_id, request) for name, request in requests.items()}
         return gateway_id, requests, replies
 
@@ -273,6 +279,10 @@ def test_gateway_skips_devices_not_held(alpha, beta, outstation, relay, outputs,
     for name in ("other index", "other sensor", "unknown point"):
         assert replies[name]["outcome"] == "not_held", name
         assert "with this sensor, type and index" in replies[name]["message"], name
+    for name in ("no digest", "other digest"):
+        assert replies[name]["outcome"] == "stale", name
+        assert f"has not loaded the current connection settings of device {analog.device_id}" in \
+            replies[name]["message"], name
     assert outstation.handler.selects == []
     assert outstation.handler.operates == []
     assert f"Schema beta device {analog.device_id} point {analog.pk} request {requests['other schema']['id']}: " \
@@ -305,12 +315,13 @@ def test_slow_outstation_delays_only_its_device(alpha, outstation, relay, output
         dnp3_type="analog_output_status", dnp3_index=0, data_type="float32", dnp3_operate_mode="direct_operate",
     )
     gateway = fast_gateway()
+    slow_request = raw_request(slow, "alpha")
 
     async def scenario():
         await connected(gateway, 2)
         gateway_id = await advertised("alpha", slow.device_id)
         await advertised("alpha", analog.device_id)
-        slow_reply = asyncio.create_task(asyncio.to_thread(send_request, gateway_id, raw_request(slow, "alpha")))
+        slow_reply = asyncio.create_task(asyncio.to_thread(send_request, gateway_id, slow_request))
         # Give the gateway time to start the slow operate.
         await asyncio.sleep(0.5)
         started = time.monotonic()
@@ -355,3 +366,130 @@ def test_lost_connection_fails_without_session(alpha, outstation, relay, outputs
     assert outstation.handler.operates == []
     [entry] = setpoint_entries(analog)
     assert entry.outcome == Outcome.FAILURE
+
+
+def test_repointed_device_write_is_stale(alpha, outstation, relay, outputs, operator):
+    analog, _binary = outputs
+    device = analog.device
+    new_outstation = CommandOutstation(port=free_port_in(OUTSTATION_PORTS))
+    new_outstation.set_outputs(analog=[(index, 0.0) for index in range(5)])
+    # reload_interval is 60 s, so a connection to the new port before then comes from the early reload.
+    gateway = fast_gateway()
+    write = sync_to_async(write_setpoint, thread_sensitive=True)
+
+    async def scenario():
+        await connected(gateway, 1)
+        await advertised("alpha", device.pk)
+        # A queryset update, as an admin save or API PATCH stores it, without a restart of the gateway.
+        await sync_to_async(Device.objects.filter(pk=device.pk).update, thread_sensitive=True)(port=new_outstation.port)
+        repointed = await sync_to_async(Point.objects.select_related("device").get, thread_sensitive=True)(pk=analog.pk)
+        with pytest.raises(SetpointError) as raised:
+            await write(repointed, 9.5, actor=operator)
+        old_operates_after_stale = list(outstation.handler.operates)
+
+        async with asyncio.timeout(15):
+            while True:
+                supervised = gateway.connections.get(("alpha", device.pk))
+                if supervised and supervised.spec.device.port == new_outstation.port and supervised.driver \
+                        and supervised.driver.connected:
+                    break
+                await asyncio.sleep(0.02)
+        result = await write(repointed, 9.5, actor=operator)
+        return raised.value, old_operates_after_stale, result
+
+    try:
+        error, old_operates_after_stale, result = run_gateway_during(gateway, scenario)
+    finally:
+        new_outstation.stop()
+
+    message = str(error)
+    assert f"Setpoint 9.5 for point {analog.pk} was not written" in message
+    assert f"has not loaded the current connection settings of device {device.pk}" in message
+    assert "It reloads every 60 s (run_gateway --reload) and was asked to reload now" in message
+    assert old_operates_after_stale == []
+    assert outstation.handler.operates == []
+    assert new_outstation.handler.operates == [(("AnalogOutputFloat32", 95.0), 3, "DirectOperate")]
+    assert result.read_back == pytest.approx(9.5)
+    stale_entry, written_entry = sorted(setpoint_entries(analog), key=lambda entry: entry.pk)
+    assert stale_entry.outcome == Outcome.FAILURE
+    assert "has not loaded the current connection settings" in stale_entry.detail["error"]
+    assert stale_entry.detail["written"] is None
+    assert written_entry.outcome == Outcome.SUCCESS
+
+
+@pytest.mark.parametrize("advertisement", [b"\xff\xfegateway", b"", b"two words", b"tab\tgateway"])
+def test_malformed_advertisement_fails_and_audits(alpha, outstation, relay, outputs, operator, advertisement):
+    analog, _binary = outputs
+    key = advertisement_key("alpha", analog.device_id)
+    get_client().set(key, advertisement, ex=30)
+
+    with pytest.raises(SetpointError) as raised:
+        write_setpoint(analog, 7.0, actor=operator)
+
+    message = str(raised.value)
+    assert f"Setpoint 7.0 for point {analog.pk} was not written" in message
+    assert f"The Redis key {key} holds {advertisement!r}, which is not a gateway id" in message
+    assert f"redis-cli DEL {key}" in message
+    assert "cannot be encoded" not in message
+    [entry] = setpoint_entries(analog)
+    assert entry.outcome == Outcome.FAILURE
+    assert "which is not a gateway id" in entry.detail["error"]
+    # A malformed advertisement may still belong to a running gateway, so the write opens no session of its own.
+    assert relay.accepted == 0
+    assert outstation.handler.operates == []
+
+
+def reply_once(gateway_id, reply_payload):
+    """Pop one request from the gateway's command list, push ``reply_payload`` (str) as its reply and return the request."""
+    client = get_client()
+    popped = client.blpop([command_key(gateway_id)], timeout=10)
+    assert popped is not None, f"no request reached {command_key(gateway_id)} within 10 s"
+    request = json.loads(popped[1])
+    client.lpush(reply_key(request["id"]), reply_payload)
+    return request
+
+
+OK_REPLY = {
+    "outcome": "ok", "previous": 0.0, "written": 70.0, "expected": 70.0,
+    "read_back": {"value": 7.0, "quality": 0, "time": "2026-01-01T00:00:00+00:00"},
+    "write_response": "SUCCESS (0)", "point_error": None,
+}
+
+
+def _without(mapping, name):
+    return {key: value for key, value in mapping.items() if key != name}
+
+
+@pytest.mark.parametrize(("payload", "reason"), [
+    (json.dumps(_without(OK_REPLY, "read_back")), "read_back is missing"),
+    (json.dumps(_without(OK_REPLY, "expected")), "expected is missing"),
+    (json.dumps({**OK_REPLY, "expected": "70"}), 'expected is "70", of the wrong type'),
+    (json.dumps({**OK_REPLY, "read_back": {**OK_REPLY["read_back"], "time": "yesterday"}}),
+     "read_back.time 'yesterday' is not an ISO 8601 time"),
+    (json.dumps({**OK_REPLY, "read_back": {**OK_REPLY["read_back"], "time": "2026-01-01T00:00:00"}}),
+     "read_back.time '2026-01-01T00:00:00' has no UTC offset"),
+    (json.dumps({**OK_REPLY, "read_back": _without(OK_REPLY["read_back"], "quality")}), "read_back.quality is missing"),
+    (json.dumps({**OK_REPLY, "read_back": [7.0]}), "read_back is [7.0], of the wrong type"),
+    (json.dumps(["ok"]), "the reply is a JSON list, not an object"),
+    ("{not json", "Expecting property name"),
+])
+def test_malformed_reply_is_unconfirmed(alpha, outstation, relay, outputs, operator, payload, reason):
+    analog, _binary = outputs
+    get_client().set(advertisement_key("alpha", analog.device_id), "fake-gateway", ex=30)
+
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        fake_gateway = executor.submit(reply_once, "fake-gateway", payload)
+        with pytest.raises(SetpointError) as raised:
+            write_setpoint(analog, 7.0, actor=operator)
+        request = fake_gateway.result()
+
+    message = str(raised.value)
+    assert f"Setpoint 7.0 for point {analog.pk} is unconfirmed" in message
+    assert f"The reply of gateway fake-gateway to request {request['id']} was malformed (" in message
+    assert reason in message
+    assert "read the device's value before writing again" in message
+    [entry] = setpoint_entries(analog)
+    assert entry.outcome == Outcome.FAILURE
+    assert reason in entry.detail["error"]
+    assert relay.accepted == 0
+    assert outstation.handler.operates == []
