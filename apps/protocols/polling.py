@@ -322,17 +322,26 @@ def _store_outcomes(schema, outcomes, claimed_at, summary):
         samples.extend(outcome.samples)
         summary.polled += 1
         summary.failed += bool(outcome.error)
-    statuses = [_new_status(outcome, claimed_at, now) for outcome in outcomes]
-    for outcome, status in zip(outcomes, statuses):
-        if outcome.error and outcome.device.status != status["status"]:
+    online = []
+    failed_statuses = []
+    for outcome in outcomes:
+        if not outcome.error:
+            if outcome.device.status != DeviceStatus.ONLINE:
+                logger.info("Schema %s: device %s (id %s) is online", schema, outcome.device.name, outcome.device.id)
+            online.append(outcome)
+            continue
+        status = _failed_status(outcome, now)
+        failed_statuses.append(status)
+        if outcome.device.status != status["status"]:
             samples.extend(_comm_lost_samples(outcome.device, now))
     if samples:
         result = hand_off_samples(schema, samples)
         summary.samples += result.accepted
         for rejection in result.rejected:
             logger.warning("Schema %s: poll sample of sensor %s rejected: %s", schema, rejection.sensor_id, rejection.reason)
-    _write_statuses(statuses)
-    _write_point_errors([outcome for outcome in outcomes if not outcome.error])
+    _write_online(online, claimed_at, now)
+    _write_statuses(failed_statuses)
+    _write_point_errors(online)
 
 
 async def _poll_all(pool, schema, devices, deliver):
@@ -410,31 +419,15 @@ def _read_plan(device):
     return getattr(device, "read_plan", device.enabled_points)
 
 
-def _new_status(outcome, claimed_at, now):
-    """Return the status columns that ``outcome`` leaves its device with, and log a change."""
+def _failed_status(outcome, now):
+    """Return the status columns that a failed poll leaves its device with, and log the failure."""
     device = outcome.device
-    schema = connection.schema_name
-    if not outcome.error:
-        if device.status != DeviceStatus.ONLINE:
-            logger.info("Schema %s: device %s (id %s) is online", schema, device.name, device.id)
-        return {
-            "id": device.pk,
-            "status": DeviceStatus.ONLINE,
-            "last_seen": now,
-            "last_error": "",
-            "last_poll_duration_ms": outcome.duration_ms,
-            "consecutive_failures": 0,
-            "failed": 0,
-            # Keep the cadence from the claim; a poll that overran its interval is due at once.
-            "next_poll_at": max(claimed_at + timedelta(seconds=device.poll_interval), now),
-        }
-
     failures = device.consecutive_failures + 1
     backoff = min(device.poll_interval * 2 ** min(failures, 16), settings.PROTOCOLS_MAX_BACKOFF_SECONDS)
     status = DeviceStatus.OFFLINE if outcome.unreachable else DeviceStatus.ERROR
     logger.warning(
         "Schema %s: device %s (id %s) poll failed (%d in a row, next try in %.0f s): %s",
-        schema, device.name, device.id, failures, backoff, outcome.error,
+        connection.schema_name, device.name, device.id, failures, backoff, outcome.error,
     )
     return {
         "id": device.pk,
@@ -448,8 +441,37 @@ def _new_status(outcome, claimed_at, now):
     }
 
 
+def _write_online(outcomes, claimed_at, now):
+    """Mark the devices of successful polls online in one UPDATE, due one poll interval after their claim.
+
+    A poll that overran its interval leaves its device due at once. Ids and
+    durations travel as two array literals, which cost far less to build than
+    one JSON row per device.
+    """
+    if not outcomes:
+        return
+    table = connection.ops.quote_name(Device._meta.db_table)
+    ids = "{" + ",".join([str(outcome.device.pk) for outcome in outcomes]) + "}"
+    durations = "{" + ",".join([f"{outcome.duration_ms:.3f}" for outcome in outcomes]) + "}"
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            UPDATE {table} AS device SET
+                status = %s,
+                last_seen = %s,
+                last_error = '',
+                last_poll_duration_ms = new.duration_ms,
+                consecutive_failures = 0,
+                next_poll_at = GREATEST(%s + device.poll_interval * interval '1 second', %s)
+            FROM unnest(%s::bigint[], %s::float8[]) AS new(id, duration_ms)
+            WHERE device.id = new.id
+            """,
+            [str(DeviceStatus.ONLINE), now, claimed_at, now, ids, durations],
+        )
+
+
 def _write_statuses(statuses):
-    """Write the status of every polled device in one UPDATE; a failed poll keeps ``last_seen``.
+    """Write the status of every device of a failed poll in one UPDATE; a failed poll keeps ``last_seen``.
 
     The rows travel as one JSON document: psycopg adapts Python lists into
     arrays item by item, which cost about 45 µs per device.
