@@ -14,7 +14,7 @@ all of them once a second, one poller at a time:
   run_ingest`` process storing the samples (bench/modbus_pollers.py);
 - tb-gateway: ThingsBoard IoT Gateway's Modbus connector, publishing to a
   Mosquitto broker and a fake platform (bench/tb_gateway_bench.py), when
-  ``--tb-python`` names the gateway's Python.
+  ``--tb-venv`` (a venv the script creates) or ``--tb-python`` names the gateway's Python.
 
 Each run warms up, then measures a window of ``--seconds``:
 
@@ -33,7 +33,7 @@ Each run warms up, then measures a window of ``--seconds``:
 Every configuration runs ``--repeats`` times, interleaved, and the medians
 are printed with their ratio to the baseline of the same size.
 
-    python bench/modbus_scaling.py --sizes 10 100 500 --repeats 3 --tb-python /tmp/tbgw-venv/bin/python
+    python bench/modbus_scaling.py --sizes 10 100 500 --repeats 3 --tb-venv /tmp/tbgw-venv
 """
 
 import argparse
@@ -335,6 +335,9 @@ def main():
                         help="Closed loopback port set as the gateway's HTTP proxy.")
     parser.add_argument("--tb-python", default="",
                         help="Python of the ThingsBoard gateway's own venv; empty to skip the gateway.")
+    parser.add_argument("--tb-venv", type=Path,
+                        help="Folder of a venv to create with ThingsBoard IoT Gateway 3.8.5 (unless it exists) "
+                             "and measure the gateway from; replaces --tb-python.")
     parser.add_argument("--tb-start-timeout", type=float, default=120.0,
                         help="Seconds to wait for telemetry of every device after the gateway starts.")
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/thermacore-modbus-scaling"),
@@ -348,6 +351,10 @@ def main():
                         help="File to write a cProfile of ThermaCore's poll cycles to; its figures are slower.")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.tb_venv is not None:
+        if args.tb_python:
+            parser.error("pass either --tb-venv or --tb-python, not both.")
+        args.tb_python = str(tb_gateway_bench.ensure_gateway_venv(args.tb_venv))
     if args.tb_python and not Path(args.tb_python).is_file():
         parser.error(f"--tb-python {args.tb_python!r} is not a file; pass the gateway venv's bin/python or ''.")
 

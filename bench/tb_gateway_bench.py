@@ -3,8 +3,8 @@
 The gateway (PyPI package ``thingsboard-gateway``) is not a project
 dependency. It runs from a virtual environment of its own (``--tb-python``),
 because it pins a pymodbus release (3.9.2 in gateway 3.8.5) that differs from
-ours. Install it there with ``pip install thingsboard-gateway pymodbus==3.9.2
-pyserial pyserial-asyncio``.
+ours. ``ensure_gateway_venv`` (``--tb-venv`` of bench/modbus_scaling.py) creates
+that environment with GATEWAY_PACKAGES.
 
 The gateway talks MQTT to a ThingsBoard server. Here that is a Mosquitto
 broker started on a loopback port and ``FakePlatform``, an MQTT client. It
@@ -52,6 +52,25 @@ topic read v1/devices/me/rpc/response/#
 user {PLATFORM_USER}
 topic readwrite #
 """
+
+
+# The gateway release measured in docs/benchmarks.md. Its Modbus connector installs pymodbus 3.9.2
+# at start unless that version is already present, so it is installed with it.
+GATEWAY_PACKAGES = ("thingsboard-gateway==3.8.5", "pymodbus==3.9.2", "pyserial", "pyserial-asyncio")
+
+
+def ensure_gateway_venv(path):
+    """Create a virtual environment with GATEWAY_PACKAGES at ``path`` unless it has them; return its Python."""
+    path = Path(path)
+    python = path / "bin" / "python"
+    marker = path / ".thermacore-gateway-packages"
+    if python.is_file() and marker.is_file() and marker.read_text() == "\n".join(GATEWAY_PACKAGES):
+        return python
+    logger.info("Installing %s into %s", " ".join(GATEWAY_PACKAGES), path)
+    subprocess.run([sys.executable, "-m", "venv", str(path)], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", *GATEWAY_PACKAGES], check=True)
+    marker.write_text("\n".join(GATEWAY_PACKAGES))
+    return python
 
 
 def start_mosquitto(work_dir, port):
