@@ -215,6 +215,8 @@ def enqueue(schema, samples):
     them exactly as it would without the queue, and its rejections are logged
     here. While the stream's Redis is unreachable, the whole batch goes
     straight to ingest, so a Redis outage slows the poller but loses nothing.
+    So do the batches of PRODUCER_PAUSE_SECONDS after an append found the
+    stream at TELEMETRY_INTAKE_MAX_ENTRIES entries.
     The return value counts the samples queued (each value of a SampleRun as
     one) plus those ingest accepted or spooled directly.
     """
@@ -236,7 +238,10 @@ def enqueue(schema, samples):
         return _ingest_directly(schema, samples)
     if payload is not None:
         try:
-            get_producer_client().xadd(STREAM_KEY, {"schema": schema, "samples": payload})
+            pipeline = get_producer_client().pipeline(transaction=False)
+            pipeline.xadd(STREAM_KEY, {"schema": schema, "samples": payload})
+            pipeline.xlen(STREAM_KEY)
+            _, length = pipeline.execute()
         except redis.RedisError as exc:
             _producer_paused_until = time.monotonic() + PRODUCER_PAUSE_SECONDS
             logger.warning(
@@ -245,6 +250,14 @@ def enqueue(schema, samples):
                 schema, count_samples(samples), exc, PRODUCER_PAUSE_SECONDS,
             )
             return _ingest_directly(schema, samples)
+    if payload is not None and length >= settings.TELEMETRY_INTAKE_MAX_ENTRIES:
+        # Without a bound, a stream that no run_ingest drains would grow until Redis runs out of memory.
+        _producer_paused_until = time.monotonic() + PRODUCER_PAUSE_SECONDS
+        logger.warning(
+            "Schema %s: the intake stream holds %d entries (THERMACORE_INTAKE_MAX_ENTRIES is %d), so run_ingest "
+            "is not keeping up or not running; storing the batches of the next %.0f s directly",
+            schema, length, settings.TELEMETRY_INTAKE_MAX_ENTRIES, PRODUCER_PAUSE_SECONDS,
+        )
     accepted_count = count_samples(queued) if payload is not None else 0
     if direct:
         accepted_count += _ingest_directly(schema, direct)
@@ -572,8 +585,10 @@ class IntakeConsumer:
             self._next_claim_at = now
         entries = [_parse(entry_id, fields) for entry_id, fields in claimed]
         if entries:
+            # The claim cannot tell a stopped consumer's entries from those a live one is still storing.
             logger.warning(
-                "Intake consumer %s: took over %d entries idle for more than %d ms, first %s",
+                "Intake consumer %s: claimed %d pending entries idle for at least %d ms, first %s; their "
+                "consumer stopped, or stores slower than the claim idle time",
                 self.name, len(entries), self.claim_idle_ms, entries[0].label,
             )
         return entries

@@ -322,6 +322,22 @@ def test_run_ingest_backlog_names_unreachable_redis(settings):
 # Hand-off from protocol code ----------------------------------------------
 
 
+def test_full_stream_pauses_the_queue(alpha, settings, caplog):
+    settings.TELEMETRY_INTAKE_MAX_ENTRIES = 2
+    sensor = SensorFactory(minimum=0, maximum=100)
+    batches = [[Sample(sensor.id, T0 + timedelta(seconds=second), float(second), 0)] for second in range(4)]
+
+    with caplog.at_level(logging.WARNING, logger="apps.telemetry.intake"):
+        accepted = [intake.enqueue("alpha", batch) for batch in batches]
+
+    assert accepted == [1, 1, 1, 1]
+    assert _client().xlen(STREAM_KEY) == 2
+    assert "the intake stream holds 2 entries (THERMACORE_INTAKE_MAX_ENTRIES is 2)" in caplog.text
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT value FROM telemetry_reading WHERE sensor_id = %s ORDER BY time", [sensor.id])
+        assert cursor.fetchall() == [(2.0,), (3.0,)]
+
+
 def test_hand_off_queues_when_setting_on(alpha, queue_on):
     sensor = SensorFactory(minimum=0, maximum=100)
 

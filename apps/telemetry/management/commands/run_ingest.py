@@ -95,17 +95,17 @@ class Command(BaseCommand):
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
         try:
-            left = consumer.leave_group()
+            membership = "left the group" if consumer.leave_group() else "stays in the group with pending entries"
         except Exception:
             # Leaving the group only tidies XINFO CONSUMERS, and the entries are safe either way.
             logger.exception("Intake consumer %s: leaving the consumer group failed", name)
-            left = False
+            membership = "stays in the group, because leaving it failed"
         logger.info(
             "Intake consumer %s stopped (%s): %d entries, %d samples stored, %d spooled, %d duplicates, %d rejected, "
             "%d dropped, %d dead letters; %s",
             name, received[0] if received else "stream drained", totals.entries, totals.stored, totals.spooled, totals.duplicates, totals.rejected,
             totals.dropped, totals.dead_letters,
-            "left the group" if left else "stays in the group with pending entries",
+            membership,
         )
 
 
