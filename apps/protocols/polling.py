@@ -18,6 +18,7 @@ import logging
 import queue
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 from datetime import timedelta
 
 from django.conf import settings
@@ -129,7 +130,7 @@ DEVICE_STATUS_COLUMNS = (
 # Device from its row cost 20 to 40 µs of CPU per poll (bench/modbus_scaling.py profile).
 _device_cache = {}
 _UNCACHED = (None, None, None)
-# Points per (schema, device id): (row versions of its points, [Point], read plan, {point id: error}).
+# Points per (schema, device id): (row versions of its points, [enabled Point], read plan).
 # Kept across polls, because building each Point anew cost about 30 µs of CPU, or
 # 1.5 ms per poll of a device with 50 points (bench/modbus_scaling.py profile).
 _point_cache = {}
@@ -213,18 +214,34 @@ def _read_points(schema, device_ids, versions, point_table):
             (point for point in points if point.enabled),
             key=lambda point: (point.address is None, point.address or 0),
         )
-        errors = {point.pk: point.last_error for point in points if point.last_error}
-        _point_cache[(schema, device_id)] = (
-            versions.get(device_id), enabled, get_driver(device.protocol).prepare(enabled), errors,
+        _point_cache[(schema, device_id)] = (versions.get(device_id), enabled, _prepared(device, enabled))
+
+
+class UnreadablePoints(NamedTuple):
+    """Stands in for the read plan of a device whose points its driver cannot read; each poll fails with ``error``."""
+
+    error: str
+
+
+def _prepared(device, points):
+    """Return the driver's read plan of ``points``, or UnreadablePoints when the driver rejects them."""
+    try:
+        return get_driver(device.protocol).prepare(points)
+    except Exception as exc:
+        # A point left from another protocol (an MQTT point without an address) must fail only its device.
+        logger.warning(
+            "Schema %s: the points of device %s (id %s) cannot be read: %s",
+            connection.schema_name, device.name, device.pk, exc,
         )
+        return UnreadablePoints(f"The points of this {device.protocol} device cannot be read: {exc}")
 
 
 def _cached_devices(schema, claimed):
     """Return the cached Device of each claimed ``(id, status, consecutive_failures)``, with its points.
 
-    Sets ``enabled_points`` (by address), ``read_plan`` (what the driver's
-    ``prepare`` made of them) and ``stored_point_errors`` on each device. A
-    device deleted since the claim has no cache entry and is left out.
+    Sets ``enabled_points`` (by address) and ``read_plan`` (what the driver's
+    ``prepare`` made of them) on each device. A device deleted since the
+    claim has no cache entry and is left out.
     """
     devices = []
     for device_id, status, consecutive_failures in claimed:
@@ -234,11 +251,9 @@ def _cached_devices(schema, claimed):
         device = entry[1]
         device.status = status
         device.consecutive_failures = consecutive_failures
-        _, enabled, plan, errors = _point_cache[(schema, device_id)]
+        _, enabled, plan = _point_cache[(schema, device_id)]
         device.enabled_points = list(enabled)
         device.read_plan = plan
-        # A changed error updates its point row, which changes the token, so the cached copy is current.
-        device.stored_point_errors = dict(errors)
         devices.append(device)
     return devices
 
@@ -368,6 +383,9 @@ async def poll_device(device, *, pool=None, schema=""):
     outcome = PollOutcome(device)
     started = time.perf_counter()
     budget = poll_budget(device)
+    if isinstance(getattr(device, "read_plan", None), UnreadablePoints):
+        outcome.error = device.read_plan.error
+        return outcome
     try:
         async with asyncio.timeout(budget):
             if pool is not None and device.protocol == Protocol.MODBUS_TCP:
@@ -507,34 +525,37 @@ def _write_statuses(statuses):
 
 
 def _write_point_errors(outcomes):
-    """Store why points read bad and clear the reason of points that read good again, in one UPDATE.
+    """Store why points of ``outcomes`` read bad, and clear the reason of their points that read good.
 
-    The errors stored at claim time (``stored_point_errors``) are compared in
-    Python, so a poll that changes no point error writes nothing.
+    Every current error is written, because the process that stored a
+    point's error may be another worker. The WHERE clauses skip unchanged
+    rows, so a poll that changes no error writes no row. The clearing
+    statement finds the points with an error through a partial index.
     """
+    if not outcomes:
+        return
     point_ids = []
     messages = []
     for outcome in outcomes:
-        stored = outcome.device.stored_point_errors
-        current = {point_id: message[:2000] for point_id, message in outcome.point_errors.items()}
-        for point_id, message in current.items():
-            if stored.get(point_id, "") != message:
-                point_ids.append(point_id)
-                messages.append(message)
-        for point_id in stored.keys() - current.keys():
+        for point_id, message in outcome.point_errors.items():
             point_ids.append(point_id)
-            messages.append("")
-    if not point_ids:
-        return
+            messages.append(message[:2000])
     table = connection.ops.quote_name(Point._meta.db_table)
+    device_ids = "{" + ",".join([str(outcome.device.pk) for outcome in outcomes]) + "}"
     with connection.cursor() as cursor:
+        if point_ids:
+            cursor.execute(
+                f"""
+                UPDATE {table} AS point SET last_error = new.last_error
+                FROM unnest(%s::bigint[], %s::text[]) AS new(id, last_error)
+                WHERE point.id = new.id AND point.last_error <> new.last_error
+                """,
+                [point_ids, messages],
+            )
         cursor.execute(
-            f"""
-            UPDATE {table} AS point SET last_error = new.last_error
-            FROM unnest(%s::bigint[], %s::text[]) AS new(id, last_error)
-            WHERE point.id = new.id AND point.last_error <> new.last_error
-            """,
-            [point_ids, messages],
+            f"UPDATE {table} SET last_error = '' WHERE device_id = ANY(%s::bigint[]) AND last_error <> ''"
+            " AND NOT (id = ANY(%s::bigint[]))",
+            [device_ids, point_ids],
         )
 
 

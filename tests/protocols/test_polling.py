@@ -296,13 +296,19 @@ def test_unchanged_point_errors_write_nothing(alpha, register_server):
     missing = PointFactory(device=device, address=5000, data_type="uint16", sensor=SensorFactory(minimum=None))
     poll_due_devices()
     Device.objects.filter(pk=device.pk).update(next_poll_at=timezone.now())
+    before = _row_version(missing)
 
-    with CaptureQueriesContext(connection) as queries:
-        poll_due_devices()
+    poll_due_devices()
 
     missing.refresh_from_db()
     assert missing.last_error == "holding 5000: exception 2 (illegal data address)"
-    assert _statements(queries.captured_queries, "UPDATE", '"protocols_point"') == []
+    assert _row_version(missing) == before, "an unchanged error must not rewrite the point's row"
+
+
+def _row_version(point):
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT xmin::text, ctid::text FROM protocols_point WHERE id = %s", [point.pk])
+        return cursor.fetchone()
 
 
 def test_failed_poll_keeps_last_seen(alpha, register_server):
@@ -385,30 +391,98 @@ def test_config_token_follows_configuration(alpha):
     tokens.append(_config_token())
     Point.objects.filter(pk=point.pk).update(last_error="holding 0: exception 2")
     tokens.append(_config_token())
+    Point.objects.filter(pk=point.pk).update(scale=2.0)
+    tokens.append(_config_token())
     device.save()
     tokens.append(_config_token())
     DeviceFactory()
     tokens.append(_config_token())
 
-    assert tokens[1] == tokens[0], "status columns must leave the token alone"
+    assert tokens[1] == tokens[0], "device status columns must leave the token alone"
     assert tokens[2] != tokens[1]
-    assert tokens[3] != tokens[2]
+    assert tokens[3] == tokens[2], "a point's last_error must leave the token alone"
     assert tokens[4] != tokens[3]
     assert tokens[5] != tokens[4]
+    assert tokens[6] != tokens[5]
 
 
-def test_config_trigger_covers_every_setting(alpha):
+def _watched_columns(trigger, table):
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT attribute.attname FROM pg_trigger AS trigger"
             " JOIN pg_attribute AS attribute ON attribute.attrelid = trigger.tgrelid"
             " AND attribute.attnum = ANY(trigger.tgattr)"
-            " WHERE trigger.tgname = 'protocols_device_configured' AND trigger.tgrelid = 'protocols_device'::regclass"
+            " WHERE trigger.tgname = %s AND trigger.tgrelid = %s::regclass",
+            [trigger, table],
         )
-        watched = {row[0] for row in cursor.fetchall()}
-    columns = {field.column for field in Device._meta.concrete_fields}
+        return {row[0] for row in cursor.fetchall()}
 
-    assert watched == columns - set(DEVICE_STATUS_COLUMNS) - {"id"}
+
+def test_config_trigger_covers_every_setting(alpha):
+    device_columns = {field.column for field in Device._meta.concrete_fields}
+    point_columns = {field.column for field in Point._meta.concrete_fields}
+
+    assert _watched_columns("protocols_device_configured", "protocols_device") == (
+        device_columns - set(DEVICE_STATUS_COLUMNS) - {"id"}
+    )
+    assert _watched_columns("protocols_point_configured", "protocols_point") == point_columns - {"id", "last_error"}
+
+
+def test_flapping_point_error_needs_no_check(alpha, register_server):
+    device = DeviceFactory(port=register_server.port, unit_id=1)
+    flapping = PointFactory(device=device, address=0, data_type="uint16", sensor=SensorFactory(minimum=None))
+    others = [DeviceFactory(port=register_server.port, unit_id=1) for _ in range(3)]
+    for other in others:
+        PointFactory(device=other, address=1, data_type="uint16", sensor=SensorFactory(minimum=None))
+    selects = []
+    errors = []
+    for word in (1, 0xFFFF, 1, 0xFFFF):
+        register_server.set("holding", 0, [word])
+        Device.objects.update(next_poll_at=timezone.now())
+        with CaptureQueriesContext(connection) as queries:
+            poll_due_devices()
+        selects.append(len(_statements(queries.captured_queries, "SELECT", '"protocols_point"')))
+        flapping.refresh_from_db()
+        errors.append(flapping.last_error)
+
+    assert selects[1:] == [0, 0, 0]
+    assert errors == ["", "holding 0: registers [0xFFFF] are the 'not implemented' marker of uint16"] * 2
+
+
+def test_error_of_other_worker_is_cleared(alpha, register_server):
+    register_server.set("holding", 0, [7])
+    device = DeviceFactory(port=register_server.port, unit_id=1)
+    point = PointFactory(device=device, address=0, data_type="uint16", sensor=SensorFactory(minimum=None))
+    poll_due_devices()
+    # Another worker process polled the device meanwhile and stored an error this process never saw.
+    Point.objects.filter(pk=point.pk).update(last_error="holding 0: exception 4 (server device failure)")
+    Device.objects.filter(pk=device.pk).update(next_poll_at=timezone.now())
+
+    poll_due_devices()
+
+    point.refresh_from_db()
+    assert point.last_error == ""
+
+
+def test_unreadable_points_fail_only_their_device(alpha, register_server):
+    register_server.set("holding", 0, [5])
+    healthy = DeviceFactory(port=register_server.port, unit_id=1)
+    good = PointFactory(device=healthy, address=0, data_type="uint16", sensor=SensorFactory(minimum=0, maximum=100))
+    # An MQTT device switched to Modbus keeps its MQTT points, which have no register address.
+    switched = DeviceFactory(protocol="mqtt", port=register_server.port)
+    PointFactory(device=switched, address=None, topic="plant/boiler1/temp", data_type="float32")
+    Device.objects.filter(pk=switched.pk).update(protocol="modbus_tcp")
+
+    first = poll_due_devices()
+    Device.objects.update(next_poll_at=timezone.now())
+    second = poll_due_devices()
+
+    switched.refresh_from_db()
+    assert (first.polled, first.failed) == (2, 1)
+    assert (second.polled, second.failed) == (2, 1)
+    assert list(Reading.objects.filter(sensor=good.sensor).values_list("value", flat=True)) == [5.0, 5.0]
+    assert switched.status == DeviceStatus.ERROR
+    assert switched.last_error.startswith("The points of this modbus_tcp device cannot be read:")
 
 
 def test_unchanged_configuration_costs_no_query(alpha, register_server):

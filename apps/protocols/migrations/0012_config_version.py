@@ -4,7 +4,8 @@ Pollers keep devices, points and read plans in memory across polls. While
 the token is the one they saw at their last full check, they skip the
 per-device checks. Statement-level triggers set a new random token in the
 transaction of the change, so a poller sees the new token exactly when it
-sees the change. Polls write only status columns, which fire no trigger.
+sees the change. Polls write only status columns (the device's status and a
+point's last_error), which fire no trigger.
 """
 
 from django.db import migrations
@@ -17,6 +18,21 @@ DEVICE_CONFIG_COLUMNS = (
     "tls_verify_hostname", "opcua_security_mode", "opcua_security_policy", "client_certificate_id",
     "dnp3_master_address", "dnp3_outstation_address", "integrity_interval", "event_poll_interval", "time_sync",
 )
+
+# Columns of protocols_point whose change must reach pollers: all but last_error, which polls write.
+POINT_CONFIG_COLUMNS = (
+    "device_id", "sensor_id", "register_type", "address", "data_type", "byte_order", "bit", "scale", "offset",
+    "scale_factor_address", "topic", "json_path", "timestamp_path", "sparkplug_metric", "node_id",
+    "sampling_interval_ms", "deadband", "dnp3_type", "dnp3_index", "dnp3_control", "dnp3_on_time_ms",
+    "dnp3_off_time_ms", "dnp3_operate_mode", "enabled",
+)
+
+
+
+def _column_list(columns):
+    # Quoted, because "offset" is a reserved word.
+    return ", ".join(f'"{column}"' for column in columns)
+
 
 CREATE_SQL = f"""
 CREATE TABLE protocols_configversion (
@@ -40,15 +56,23 @@ CREATE TRIGGER protocols_device_added_or_removed
     AFTER INSERT OR DELETE OR TRUNCATE ON protocols_device
     FOR EACH STATEMENT EXECUTE FUNCTION protocols_new_config_version();
 CREATE TRIGGER protocols_device_configured
-    AFTER UPDATE OF {", ".join(DEVICE_CONFIG_COLUMNS)} ON protocols_device
+    AFTER UPDATE OF {_column_list(DEVICE_CONFIG_COLUMNS)} ON protocols_device
     FOR EACH STATEMENT EXECUTE FUNCTION protocols_new_config_version();
-CREATE TRIGGER protocols_point_changed
-    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON protocols_point
+CREATE TRIGGER protocols_point_added_or_removed
+    AFTER INSERT OR DELETE OR TRUNCATE ON protocols_point
     FOR EACH STATEMENT EXECUTE FUNCTION protocols_new_config_version();
+CREATE TRIGGER protocols_point_configured
+    AFTER UPDATE OF {_column_list(POINT_CONFIG_COLUMNS)} ON protocols_point
+    FOR EACH STATEMENT EXECUTE FUNCTION protocols_new_config_version();
+
+-- Lets a poll clear the errors of points that read good again without scanning their devices' points.
+CREATE INDEX protocols_point_with_error ON protocols_point (device_id) WHERE last_error <> '';
 """
 
 DROP_SQL = """
-DROP TRIGGER protocols_point_changed ON protocols_point;
+DROP INDEX protocols_point_with_error;
+DROP TRIGGER protocols_point_configured ON protocols_point;
+DROP TRIGGER protocols_point_added_or_removed ON protocols_point;
 DROP TRIGGER protocols_device_configured ON protocols_device;
 DROP TRIGGER protocols_device_added_or_removed ON protocols_device;
 DROP FUNCTION protocols_new_config_version();
