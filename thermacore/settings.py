@@ -334,6 +334,12 @@ CELERY_BEAT_SCHEDULE = {
         "tenant_schemas": ["public"],
         "options": {"expire_seconds": 300},
     },
+    # Fetches CRLs from distribution points: each URL daily, and on every run after a failed fetch or from one
+    # day before its CRL's next update.
+    "refresh-crls": {
+        "task": "protocols.refresh_crls",
+        "schedule": 3600.0,
+    },
 }
 
 # Authentication and API -----------------------------------------------------

@@ -151,7 +151,7 @@ class RevocationListAdmin(AuditedModelAdminMixin, admin.ModelAdmin):
     search_fields = ("name", "issuer", "fingerprint_sha256")
     readonly_fields = (
         "issuer", "issuer_certificate", "this_update", "next_update", "renewal", "revoked_count", "fingerprint_sha256",
-        "created_at", "crl_pem",
+        "distribution_point", "fetched_at", "created_at", "crl_pem",
     )
 
     @admin.display(description="Renewal")

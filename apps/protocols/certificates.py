@@ -12,6 +12,7 @@ import logging
 import socket
 from dataclasses import dataclass
 from datetime import timedelta
+from enum import StrEnum
 
 from cryptography import x509
 from cryptography.fernet import Fernet, InvalidToken
@@ -29,6 +30,7 @@ from apps.audit.choices import AuditAction, SecurityTrigger
 from apps.audit.monitoring import raise_security_alarm
 from apps.audit.services import snapshot
 
+from .crl_download import CrlDownloadError, download_crl, unsupported_scheme_reason
 from .models import Certificate, CertificateRevocationList
 
 logger = logging.getLogger(__name__)
@@ -297,28 +299,29 @@ def _check_crl_signer(candidate, parsed):
         )})
 
 
-def import_crl(name, data, *, actor):
-    """Store a CRL after checking its signature against the issuing certificate in the store, and return it."""
+def _verified_crl(data):
+    """Parse a PEM or DER CRL and return it with the stored CA certificate that signed it; raise ValidationError."""
     crl = load_crl(data)
-    issuer_certificate = find_crl_issuer(crl)
-    pem = crl.public_bytes(serialization.Encoding.PEM).decode()
-    revocation_list = CertificateRevocationList(
-        name=name,
-        issuer_certificate=issuer_certificate,
-        crl_pem=pem,
-        issuer=crl.issuer.rfc4514_string(),
-        this_update=crl.last_update_utc,
-        next_update=crl.next_update_utc,
-        revoked_count=len(crl),
-        fingerprint_sha256=crl.fingerprint(hashes.SHA256()).hex(),
-    )
-    revocation_list.full_clean(exclude=["issuer_certificate"])
-    with transaction.atomic():
-        revocation_list.save()
-        audit.record(AuditAction.OBJECT_CREATED, actor=actor, obj=revocation_list, after=snapshot(revocation_list))
+    return crl, find_crl_issuer(crl)
+
+
+def _crl_values(crl, issuer_certificate):
+    """Return the CertificateRevocationList field values that describe ``crl``."""
+    return {
+        "issuer_certificate": issuer_certificate,
+        "crl_pem": crl.public_bytes(serialization.Encoding.PEM).decode(),
+        "issuer": crl.issuer.rfc4514_string(),
+        "this_update": crl.last_update_utc,
+        "next_update": crl.next_update_utc,
+        "revoked_count": len(crl),
+        "fingerprint_sha256": crl.fingerprint(hashes.SHA256()).hex(),
+    }
+
+
+def _log_stored_crl(revocation_list, *, action="stored"):
     logger.info(
-        "Schema %s: stored CRL %s of %s with %d revoked certificates, next update %s",
-        connection.schema_name, revocation_list.pk, revocation_list.issuer, revocation_list.revoked_count,
+        "Schema %s: %s CRL %s of %s with %d revoked certificates, next update %s",
+        connection.schema_name, action, revocation_list.pk, revocation_list.issuer, revocation_list.revoked_count,
         revocation_list.next_update,
     )
     if revocation_list.next_update is not None and revocation_list.next_update <= timezone.now():
@@ -326,6 +329,17 @@ def import_crl(name, data, *, actor):
             "Schema %s: CRL %s of %s was due for renewal on %s; upload the issuer's current CRL",
             connection.schema_name, revocation_list.pk, revocation_list.issuer, revocation_list.next_update.isoformat(),
         )
+
+
+def import_crl(name, data, *, actor):
+    """Store a CRL after checking its signature against the issuing certificate in the store, and return it."""
+    crl, issuer_certificate = _verified_crl(data)
+    revocation_list = CertificateRevocationList(name=name, **_crl_values(crl, issuer_certificate))
+    revocation_list.full_clean(exclude=["issuer_certificate"])
+    with transaction.atomic():
+        revocation_list.save()
+        audit.record(AuditAction.OBJECT_CREATED, actor=actor, obj=revocation_list, after=snapshot(revocation_list))
+    _log_stored_crl(revocation_list)
     return revocation_list
 
 
@@ -361,3 +375,215 @@ def warn_expiring_certificates(now=None):
             window=EXPIRY_ALARM_WINDOW,
         )
     return expiring
+
+
+# Fetching CRLs from distribution points -------------------------------------------------------
+
+CRL_REFRESH_JOB = "protocols.refresh_crls"
+# A fetched CRL is fetched again once a day, and on every run from one day before its next update.
+CRL_REFETCH_INTERVAL = timedelta(days=1)
+CRL_RENEWAL_MARGIN = timedelta(days=1)
+MAX_DISTRIBUTION_POINT_LENGTH = CertificateRevocationList._meta.get_field("distribution_point").max_length
+
+
+class CrlFetchStatus(StrEnum):
+    STORED = "stored"
+    REPLACED = "replaced"
+    UNCHANGED = "unchanged"
+    OLDER = "older"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    NOT_DUE = "not_due"
+
+
+@dataclass(frozen=True)
+class CrlFetchOutcome:
+    """The result of one distribution point URL in a refresh; ``crl_id`` is the stored CRL it concerns, if any."""
+
+    url: str
+    status: str
+    message: str = ""
+    crl_id: int | None = None
+
+
+def _distribution_points(certificate):
+    """Return the CRL distribution points of a parsed certificate, or an empty list when it names none."""
+    try:
+        return list(certificate.extensions.get_extension_for_class(x509.CRLDistributionPoints).value)
+    except x509.ExtensionNotFound:
+        return []
+
+
+def _expected_crl_issuer(point, certificate):
+    """Return the subject (RFC 4514) of the CA whose CRL ``point`` serves: its cRLIssuer, or else the certificate's issuer."""
+    for name in point.crl_issuer or ():
+        if isinstance(name, x509.DirectoryName):
+            return name.value.rfc4514_string()
+    return certificate.issuer.rfc4514_string()
+
+
+def collect_distribution_points():
+    """Return ({URL: expected CRL issuer subject}, skip outcomes) for the distribution points of all stored certificates.
+
+    A certificate's distribution point serves the CRL of its issuer, so a URL is kept only when
+    that issuer is stored (a self-signed CA is its own issuer). URLs that are not http:// or
+    https://, and points given by a relative name, are skipped with the reason.
+    """
+    stored_subjects = set(Certificate.objects.values_list("subject", flat=True))
+    urls, skipped = {}, []
+    for stored in Certificate.objects.order_by("pk"):
+        parsed = load_certificate_pem(stored.certificate_pem)
+        for point in _distribution_points(parsed):
+            if point.full_name is None:
+                skipped.append(CrlFetchOutcome(
+                    "", CrlFetchStatus.SKIPPED,
+                    f"certificate {stored.pk} ({stored.name}) names a distribution point by a relative name, "
+                    "which has no URL to fetch",
+                ))
+                continue
+            issuer = _expected_crl_issuer(point, parsed)
+            for general_name in point.full_name:
+                if not isinstance(general_name, x509.UniformResourceIdentifier):
+                    continue
+                url = general_name.value
+                reason = unsupported_scheme_reason(url)
+                if not reason and len(url) > MAX_DISTRIBUTION_POINT_LENGTH:
+                    reason = f"the URL is longer than {MAX_DISTRIBUTION_POINT_LENGTH} characters, which the CRL record stores"
+                if not reason and issuer not in stored_subjects:
+                    reason = f"its CRL issuer {issuer!r} is not in the certificate store, so its signature cannot be checked"
+                if reason:
+                    skipped.append(CrlFetchOutcome(url, CrlFetchStatus.SKIPPED, f"certificate {stored.pk}: {reason}"))
+                    continue
+                urls.setdefault(url, issuer)
+    return urls, skipped
+
+
+def _is_due(stored, now):
+    if stored is None or stored.fetched_at is None:
+        return True
+    if stored.next_update is None or stored.next_update <= now + CRL_RENEWAL_MARGIN:
+        return True
+    return stored.fetched_at <= now - CRL_REFETCH_INTERVAL
+
+
+def _check_fetched_crl(crl, url, expected_issuer):
+    issuer = crl.issuer.rfc4514_string()
+    if issuer != expected_issuer:
+        raise ValidationError({"crl": (
+            f"The CRL at {url} is issued by {issuer!r}, but the certificates that name this distribution point "
+            f"expect a CRL of {expected_issuer!r}; correct the CA's distribution point or upload the CRL by hand."
+        )})
+    try:
+        crl.extensions.get_extension_for_class(x509.DeltaCRLIndicator)
+    except x509.ExtensionNotFound:
+        return
+    raise ValidationError({"crl": (
+        f"The CRL at {url} is a delta CRL, which lists only changes since a base CRL and is not applied on its "
+        "own; point the certificates at the CA's full CRL."
+    )})
+
+
+def _unique_crl_name(issuer_certificate, url):
+    base = f"{issuer_certificate.name} CRL from {url}"[:200]
+    name, number = base, 1
+    while CertificateRevocationList.objects.filter(name=name).exists():
+        number += 1
+        name = f"{base[:190]} ({number})"
+    return name
+
+
+def _store_fetched_crl(crl, issuer_certificate, url, stored, now):
+    """Create the CRL record of ``url``, or replace the values of ``stored``, with an audit entry; return the record."""
+    actor = audit.Actor.system_job(CRL_REFRESH_JOB)
+    values = _crl_values(crl, issuer_certificate)
+    with transaction.atomic():
+        if stored is None:
+            record = CertificateRevocationList(
+                name=_unique_crl_name(issuer_certificate, url), distribution_point=url, fetched_at=now, **values
+            )
+            record.full_clean(exclude=["issuer_certificate"])
+            record.save()
+            audit.record(
+                AuditAction.OBJECT_CREATED, actor=actor, obj=record, after=snapshot(record),
+                detail={"distribution_point": url},
+            )
+            return record
+        before = snapshot(stored)
+        for field, value in values.items():
+            setattr(stored, field, value)
+        stored.fetched_at = now
+        stored.full_clean(exclude=["issuer_certificate"])
+        stored.save()
+        audit.record(
+            AuditAction.OBJECT_UPDATED, actor=actor, obj=stored, before=before, after=snapshot(stored),
+            detail={"distribution_point": url},
+        )
+        return stored
+
+
+def _refresh_crl(url, expected_issuer, stored, now):
+    """Fetch one distribution point and store its CRL when it is valid and newer; return the outcome."""
+    schema = connection.schema_name
+    stored_note = f"keeping CRL {stored.pk}" if stored else "no CRL of it stored"
+    try:
+        data = download_crl(url)
+        crl, issuer_certificate = _verified_crl(data)
+        _check_fetched_crl(crl, url, expected_issuer)
+    except CrlDownloadError as exc:
+        logger.warning("Schema %s: CRL fetch from %s failed, %s: %s", schema, url, stored_note, exc)
+        return CrlFetchOutcome(url, CrlFetchStatus.FAILED, str(exc), stored and stored.pk)
+    except ValidationError as exc:
+        message = " ".join(exc.messages)
+        logger.warning("Schema %s: CRL fetched from %s is invalid, %s: %s", schema, url, stored_note, message)
+        return CrlFetchOutcome(url, CrlFetchStatus.FAILED, message, stored and stored.pk)
+
+    if stored is not None and crl.last_update_utc <= stored.this_update:
+        CertificateRevocationList.objects.filter(pk=stored.pk).update(fetched_at=now)
+        same = crl.fingerprint(hashes.SHA256()).hex() == stored.fingerprint_sha256
+        status = CrlFetchStatus.UNCHANGED if same else CrlFetchStatus.OLDER
+        message = (
+            f"the CRL at {url} was issued {crl.last_update_utc.isoformat()}, not after the stored CRL {stored.pk} "
+            f"of {stored.this_update.isoformat()}, which is kept"
+        )
+        logger.info("Schema %s: %s: %s", schema, status, message)
+        return CrlFetchOutcome(url, status, message, stored.pk)
+
+    fingerprint = crl.fingerprint(hashes.SHA256()).hex()
+    duplicate = CertificateRevocationList.objects.filter(fingerprint_sha256=fingerprint).first()
+    if duplicate is not None:
+        # NOTE: the URL stays due, so it is fetched on every run until the CA publishes a newer CRL.
+        message = f"the CRL at {url} is already stored as {duplicate.name!r} (CRL {duplicate.pk})"
+        logger.info("Schema %s: %s", schema, message)
+        return CrlFetchOutcome(url, CrlFetchStatus.UNCHANGED, message, duplicate.pk)
+
+    record = _store_fetched_crl(crl, issuer_certificate, url, stored, now)
+    _log_stored_crl(record, action="replaced" if stored else "stored fetched")
+    status = CrlFetchStatus.REPLACED if stored else CrlFetchStatus.STORED
+    return CrlFetchOutcome(url, status, f"fetched from {url}", record.pk)
+
+
+def refresh_crls(now=None, *, force=False):
+    """Fetch the due CRLs of the current tenant schema from the distribution points of stored certificates.
+
+    A fetched CRL must pass the checks of an upload (signed by a stored CA with cRLSign), be
+    issued by the CA that the distribution point serves and not be a delta CRL. It replaces
+    the record of the same URL only when its thisUpdate is later. A failed fetch keeps the
+    stored CRL. ``force`` fetches every URL, due or not. Return one CrlFetchOutcome per URL.
+    """
+    now = now or timezone.now()
+    schema = connection.schema_name
+    urls, outcomes = collect_distribution_points()
+    logger.info("Schema %s: CRL refresh started, %d distribution point URLs", schema, len(urls))
+    for outcome in outcomes:
+        logger.info("Schema %s: skipped CRL distribution point %s: %s", schema, outcome.url or "-", outcome.message)
+    for url, issuer in urls.items():
+        stored = CertificateRevocationList.objects.filter(distribution_point=url, issuer=issuer).first()
+        if not force and not _is_due(stored, now):
+            outcomes.append(CrlFetchOutcome(url, CrlFetchStatus.NOT_DUE, "", stored.pk))
+            continue
+        outcomes.append(_refresh_crl(url, issuer, stored, now))
+    counts = {}
+    for outcome in outcomes:
+        counts[outcome.status] = counts.get(outcome.status, 0) + 1
+    logger.info("Schema %s: CRL refresh finished: %s", schema, counts or "nothing to fetch")
+    return outcomes

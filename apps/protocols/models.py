@@ -95,7 +95,8 @@ class CertificateRevocationList(models.Model):
     """A certificate revocation list (CRL) issued by a certificate of the store, usually a CA certificate.
 
     An OPC UA connection rejects a server certificate that a CRL of one of the device's trusted
-    certificates lists. Store one with ``certificates.import_crl``, which checks its signature.
+    certificates lists. Store one with ``certificates.import_crl``, which checks its signature, or let
+    ``certificates.refresh_crls`` fetch it from the CRL distribution points of stored certificates.
     """
 
     name = models.CharField(max_length=200, unique=True)
@@ -111,6 +112,14 @@ class CertificateRevocationList(models.Model):
     )
     revoked_count = models.PositiveIntegerField(default=0, editable=False)
     fingerprint_sha256 = models.CharField(max_length=64, editable=False)
+    distribution_point = models.CharField(
+        max_length=1000, blank=True, editable=False,
+        help_text="The CRL distribution point URL it was fetched from; empty for an uploaded CRL.",
+    )
+    fetched_at = models.DateTimeField(
+        null=True, blank=True, editable=False,
+        help_text="When the distribution point last returned a valid CRL; empty for an uploaded CRL.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

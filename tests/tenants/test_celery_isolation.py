@@ -86,6 +86,7 @@ TENANT_TASKS = {
     "protocols.poll_due_devices": Case(),
     "protocols.poll_group": Case(args=(MISSING_ID,)),
     "protocols.warn_expiring_certificates": Case(),
+    "protocols.refresh_crls": Case(),
     "telemetry.apply_retention": Case(setup=give_alpha_retention),
     "telemetry.ensure_partitions": Case(setup=forget_alpha_partitions),
     "telemetry.replay_spool": Case(setup=spool_readings_of_both_tenants),
