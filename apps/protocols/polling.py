@@ -18,8 +18,8 @@ import logging
 import queue
 import time
 from dataclasses import dataclass, field
-from typing import NamedTuple
 from datetime import timedelta
+from typing import NamedTuple
 
 from django.conf import settings
 from django.db import connection, transaction
