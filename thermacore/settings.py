@@ -192,9 +192,13 @@ CHANNEL_LAYERS = {
             # redis-py 8 reads with a 5 s socket timeout by default, the same as channels_redis's 5 s
             # BZPOPMIN wait, so an idle consumer could fail with "Timeout reading"; 15 s leaves a margin.
             "hosts": [{"address": REDIS_URL, "socket_timeout": 15}],
-            # A stalled browser may hold at most this many messages before
-            # further sends to it are dropped instead of blocking the sender.
-            "capacity": 200,
+            # Messages waiting for one server process (channels_redis 4.3 keeps one Redis sorted set per process
+            # for all its sockets) and, in that process, for one socket. Beyond it, sends are dropped
+            # instead of blocking the sender, and the consumers see the gap in group_seq and resync.
+            # With 200, a client that read as fast as it could got 4,965 of 6,000 alarm changes sent
+            # within about 10 s (one test run). An alarm message is about 1 KB (an estimate), so a full
+            # queue costs about 1 MB of Redis or of server memory.
+            "capacity": 1000,
             "expiry": 30,
         },
     },

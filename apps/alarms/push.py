@@ -7,6 +7,8 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.db import connection, transaction
 
+from apps.telemetry.live_sequence import reserve_group_seqs
+
 logger = logging.getLogger(__name__)
 
 ALARM_MESSAGE_TYPE = "alarm.update"
@@ -53,15 +55,7 @@ def push_alarm_after_commit(alarm):
 
 
 def send_alarm_update(schema, unit_id, payload):
-    layer = get_channel_layer()
-    if layer is None:
-        return
-    group = unit_group(schema, unit_id) if unit_id is not None else security_group(schema)
-    try:
-        async_to_sync(layer.group_send)(group, {"type": ALARM_MESSAGE_TYPE, "alarm": payload})
-    except Exception:
-        # The change is committed and stays in the alarm list; only the live banner misses it.
-        logger.exception("Pushing alarm %s to group %s failed", payload["id"], group)
+    send_alarm_updates(schema, [(unit_id, payload)])
 
 
 def push_payloads_after_commit(messages):
@@ -75,17 +69,33 @@ def push_payloads_after_commit(messages):
 
 
 def send_alarm_updates(schema, messages):
+    """Send ``(unit id, payload)`` messages in order, each numbered with the next ``group_seq`` of its group."""
     layer = get_channel_layer()
     if layer is None:
         return
+    groups = [unit_group(schema, unit_id) if unit_id is not None else security_group(schema) for unit_id, _ in messages]
+    counts = {}
+    for group in groups:
+        counts[group] = counts.get(group, 0) + 1
+    try:
+        next_seqs = reserve_group_seqs(schema, counts)
+    except Exception:
+        # Unnumbered messages still reach the clients, but a consumer cannot tell when one of them is lost.
+        logger.exception("Reserving group sequence numbers for %d alarm messages of schema %s failed; "
+                         "sending them unnumbered", len(messages), schema)
+        next_seqs = {}
 
     async def send_in_order():
-        for unit_id, payload in messages:
-            group = unit_group(schema, unit_id) if unit_id is not None else security_group(schema)
+        for group, (_unit_id, payload) in zip(groups, messages):
+            message = {"type": ALARM_MESSAGE_TYPE, "alarm": payload}
+            if group in next_seqs:
+                message.update(group=group, group_seq=next_seqs[group])
+                next_seqs[group] += 1
             try:
-                await layer.group_send(group, {"type": ALARM_MESSAGE_TYPE, "alarm": payload})
+                await layer.group_send(group, message)
             except Exception:
-                # The change is committed and stays in the alarm list; only the live banner misses it.
+                # The change is committed and stays in the alarm list. The consumers of the group find its
+                # group_seq missing and close their clients for a resync.
                 logger.exception("Pushing alarm %s to group %s failed", payload["id"], group)
 
     async_to_sync(send_in_order)()

@@ -6,6 +6,7 @@ import logging
 import time
 from urllib.parse import parse_qs
 
+from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -21,11 +22,13 @@ from apps.alarms.permissions import visible_sources
 from apps.alarms.push import security_group
 from apps.sensors.models import Sensor
 from apps.sensors.quality import is_bad, quality_label
+from apps.telemetry.live_sequence import current_group_seqs
 from apps.units.models import Unit
 
 from .dispatch import CancelSafeConsumerMixin
 from .groups import unit_group
 from .push import count_dropped_messages
+from .sequence import GroupSeqGaps
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +66,12 @@ OUTBOX_LIMIT = 100
 COALESCE_SECONDS = {"html": 0.025, "json": 0.010}
 # Time a stalled client gets to take the close frame before the connection ends without it.
 CLOSE_TIMEOUT_SECONDS = 5
+# Seconds from a numbered group message to the next read of the group_seq counters, and between reads
+# while numbers are missing. A number that is still the lowest missing one at the next read counts as
+# lost, so loss is found within two intervals. Each read is one MGET per consumer.
+# NOTE: a sender that takes longer than this between reserving a number and sending it (a stalled
+# process, a slow Redis) makes its group's clients resync although nothing was lost.
+GAP_CHECK_SECONDS = 2.0
 # Close codes of a client that left on purpose (RFC 6455, section 7.4.1). Messages it had not taken are not counted as dropped.
 NORMAL_CLOSE_CODES = (1000, 1001)
 
@@ -74,7 +83,14 @@ class LiveValuesConsumer(CancelSafeConsumerMixin, AsyncWebsocketConsumer):
     the default, sends hx-swap-oob fragments; "json" sends the readings) and
     ``snapshot=1`` (JSON only: send the open alarms of the units first, as a
     message of type "alarms"). Every JSON message carries ``seq``, numbered
-    from 1 per connection, so that a client can tell it missed none.
+    from 1 per connection without a gap, because the consumer closes the
+    socket instead of skipping a message. The channel layer may drop group
+    messages before the consumer receives them. Senders therefore number them
+    per group (``group_seq``, see apps.telemetry.live_sequence), and a
+    consumer that finds a number missing closes the client with
+    CLOSE_RESYNC within 2 * GAP_CHECK_SECONDS, so that it reconnects with
+    snapshot=1. A message sent without ``group_seq`` (its sender could not
+    reserve one) is forwarded, but its loss goes unnoticed.
 
     Messages go through a bounded outbox that one writer task sends in
     order. Alarm changes are queued one by one; live values are merged to
@@ -121,6 +137,8 @@ class LiveValuesConsumer(CancelSafeConsumerMixin, AsyncWebsocketConsumer):
         self.seq = 0
         self.outbox = asyncio.Queue(maxsize=OUTBOX_LIMIT)
         self.pending_values = {}
+        # Time of the newest value sent per sensor, so that a reading that arrives late is not sent after it.
+        self.sent_times = {}
         self.flush_handle = None
         self.last_flush = 0.0
         self.closing = False
@@ -140,6 +158,10 @@ class LiveValuesConsumer(CancelSafeConsumerMixin, AsyncWebsocketConsumer):
         # Join before reading the snapshot, so that no change between the two is lost.
         for group in self.groups_joined:
             await self.channel_layer.group_add(group, self.channel_name)
+        # Read after joining: every group_seq reserved later is sent to this channel too.
+        self.group_gaps = GroupSeqGaps(await self._load_group_seqs(self.groups_joined))
+        self.gap_check_handle = None
+        self.gap_check_task = None
         await self.accept()
         self.writer = asyncio.create_task(self._write_outbox())
         if snapshot:
@@ -161,6 +183,7 @@ class LiveValuesConsumer(CancelSafeConsumerMixin, AsyncWebsocketConsumer):
         await self._leave_groups()
         if getattr(self, "flush_handle", None) is not None:
             self.flush_handle.cancel()
+        self._stop_gap_checks()
         writer = getattr(self, "writer", None)
         if writer is not None and writer is not asyncio.current_task():
             writer.cancel()
@@ -312,17 +335,23 @@ class LiveValuesConsumer(CancelSafeConsumerMixin, AsyncWebsocketConsumer):
         no further group messages meanwhile. They wait in the channel layer,
         which drops them for this channel alone once its capacity is reached.
         """
+        # The message that did not fit.
+        await self._close_for_resync(1, "stalled")
+
+    async def _close_for_resync(self, lost, cause):
+        """Drop what the client has not taken, count it with ``lost`` messages, and close with CLOSE_RESYNC."""
         if self.closing:
             return
         self.closing = True
-        # The message that did not fit, the one the client has not taken, the queued ones, and the
+        self._stop_gap_checks()
+        # The messages lost before, the one the client has not taken, the queued ones, and the
         # merged values not yet queued.
-        dropped = 1 + self._discard_queued()
+        dropped = lost + self._discard_queued()
         for group in self.groups_joined:
             await self.channel_layer.group_discard(group, self.channel_name)
         logger.warning(
-            "Live socket of user %s on schema %s stalled; dropped %d messages and closing it for a resync",
-            self.user_id, self.schema, dropped,
+            "Live socket of user %s on schema %s %s; dropped %d messages and closing it for a resync",
+            self.user_id, self.schema, cause, dropped,
         )
         await self._count_dropped(dropped)
         self.writer.cancel()
@@ -334,6 +363,82 @@ class LiveValuesConsumer(CancelSafeConsumerMixin, AsyncWebsocketConsumer):
             logger.warning("Live socket of user %s on schema %s took no close frame within %d s; ending it",
                            self.user_id, self.schema, CLOSE_TIMEOUT_SECONDS)
             raise StopConsumer() from None
+
+    async def _load_group_seqs(self, groups):
+        try:
+            return await sync_to_async(current_group_seqs, thread_sensitive=False)(self.schema, groups)
+        except Exception:
+            logger.exception("Reading the group_seq counters of %d groups of schema %s failed; the first message "
+                             "of each group sets its baseline", len(groups), self.schema)
+            return {}
+
+    async def _note_group_seq(self, event):
+        """Track the event's ``group_seq``, and close the client for a resync once a number is lost for sure.
+
+        Messages without a number (from a sender whose reservation failed) are not tracked.
+        """
+        group, seq = event.get("group"), event.get("group_seq")
+        if self.closing or group is None or seq is None:
+            return
+        if self.group_gaps.receive(group, seq):
+            await self._close_for_gap({group: self.group_gaps.missing(group)})
+            return
+        if self.gap_check_handle is None and self.gap_check_task is None:
+            self.gap_check_handle = asyncio.get_running_loop().call_later(GAP_CHECK_SECONDS, self._start_gap_check)
+
+    def _start_gap_check(self):
+        self.gap_check_handle = None
+        if not self.closing:
+            self.gap_check_task = asyncio.create_task(self._check_gaps())
+
+    async def _check_gaps(self):
+        """Compare the numbers received with the counters, and close the client once a missing number is lost.
+
+        Finds the messages lost after the last one that arrived, which no later message reveals.
+        """
+        try:
+            groups = self.group_gaps.take_groups_to_check()
+            try:
+                reserved = await sync_to_async(current_group_seqs, thread_sensitive=False)(self.schema, groups)
+            except Exception:
+                logger.exception("Reading the group_seq counters of the live socket of user %s on schema %s failed; "
+                                 "retrying in %g s", self.user_id, self.schema, GAP_CHECK_SECONDS)
+                reserved = None
+            if reserved is not None:
+                lost = self.group_gaps.check(reserved)
+                if lost:
+                    await self._close_for_gap(lost)
+                    return
+            # Numbers that arrived during the read may have been reserved after it, so they need another read.
+            if not self.closing and (reserved is None or self.group_gaps.has_missing()
+                                     or self.group_gaps.has_unchecked()):
+                self.gap_check_handle = asyncio.get_running_loop().call_later(GAP_CHECK_SECONDS,
+                                                                              self._start_gap_check)
+        except StopConsumer:
+            # Only a handler of this consumer can end it (see _abandon).
+            try:
+                await self.channel_layer.send(self.channel_name, {"type": "live.abandoned"})
+            except Exception:
+                logger.exception("Ending the live socket of user %s on schema %s after its close timed out failed; "
+                                 "it ends when the server reports the disconnect", self.user_id, self.schema)
+        finally:
+            if self.gap_check_task is asyncio.current_task():
+                self.gap_check_task = None
+
+    async def _close_for_gap(self, lost):
+        """Close the client for a resync because the channel layer dropped ``lost`` ({group: count}) messages."""
+        gaps = ", ".join(f"{count} of group {group}" for group, count in sorted(lost.items()))
+        await self._close_for_resync(sum(lost.values()), f"missed messages in the channel layer ({gaps})")
+
+    def _stop_gap_checks(self):
+        handle = getattr(self, "gap_check_handle", None)
+        if handle is not None:
+            handle.cancel()
+            self.gap_check_handle = None
+        task = getattr(self, "gap_check_task", None)
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            self.gap_check_task = None
 
     async def _reject(self, code, reason):
         """Accept and close at once, so that the client can read the close code and reason."""
@@ -380,13 +485,15 @@ class LiveValuesConsumer(CancelSafeConsumerMixin, AsyncWebsocketConsumer):
             if reading["sensor"] not in self.sensors:
                 continue
             pending = self.pending_values.get(reading["sensor"])
+            newest = pending["time"] if pending is not None else self.sent_times.get(reading["sensor"])
             # ISO 8601 times in UTC with the same offset sort as strings.
-            if pending is None or reading["time"] >= pending["time"]:
+            if newest is None or reading["time"] >= newest:
                 self.pending_values[reading["sensor"]] = reading
         if self.pending_values and self.flush_handle is None:
             loop = asyncio.get_running_loop()
             delay = max(0.0, self.last_flush + COALESCE_SECONDS[self.format] - loop.time())
             self.flush_handle = loop.call_later(delay, self._flush_values)
+        await self._note_group_seq(event)
 
     def _flush_values(self):
         loop = asyncio.get_running_loop()
@@ -400,6 +507,8 @@ class LiveValuesConsumer(CancelSafeConsumerMixin, AsyncWebsocketConsumer):
         self.last_flush = loop.time()
         readings = list(self.pending_values.values())
         self.pending_values = {}
+        for reading in readings:
+            self.sent_times[reading["sensor"]] = reading["time"]
         # The outbox is empty here, so the message always fits.
         if self.format == "json":
             self._enqueue_json({"type": "readings", "readings": readings})
@@ -443,6 +552,8 @@ class LiveValuesConsumer(CancelSafeConsumerMixin, AsyncWebsocketConsumer):
             queued = self._enqueue(render_to_string("alarms/partials/banner_refresh.html"))
         if not queued:
             await self._close_stalled()
+            return
+        await self._note_group_seq(event)
 
 
 class NotFoundConsumer(CancelSafeConsumerMixin, AsyncWebsocketConsumer):

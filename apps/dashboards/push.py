@@ -13,6 +13,7 @@ from django_tenants.utils import schema_context
 
 from apps.sensors.models import Sensor
 from apps.telemetry import latest
+from apps.telemetry.live_sequence import reserve_group_seqs
 
 from .groups import unit_group
 
@@ -63,6 +64,7 @@ def push_readings(schema, samples, live_sensor_ids):
         (unit_group(schema, unit_id), {"type": "readings.update", "readings": readings})
         for unit_id, readings in by_unit.items()
     ]
+    _number_messages(schema, messages)
     future = asyncio.run_coroutine_threadsafe(_send_all(get_channel_layer(), messages), _running_send_loop().loop)
     try:
         failures = future.result(timeout=SEND_TIMEOUT_SECONDS)
@@ -77,6 +79,19 @@ def push_readings(schema, samples, live_sensor_ids):
         if error is not None:
             logger.error("Schema %s: live push to group %s failed: %r", schema, group, error)
     logger.debug("Schema %s: pushed %d live values to %d units", schema, len(newest), len(by_unit))
+
+
+def _number_messages(schema, messages):
+    """Add ``group`` and the next ``group_seq`` of that group to each message, reserving all in one round trip."""
+    try:
+        seqs = reserve_group_seqs(schema, {group: 1 for group, _message in messages})
+    except Exception:
+        # Unnumbered messages still reach the clients, but a consumer cannot tell when one of them is lost.
+        logger.exception("Schema %s: reserving group sequence numbers for %d units failed; sending them unnumbered",
+                         schema, len(messages))
+        return
+    for group, message in messages:
+        message.update(group=group, group_seq=seqs[group])
 
 
 def _units_of(sensor_ids):
@@ -135,10 +150,13 @@ def dropped_messages_key(schema):
 
 
 async def count_dropped_messages(schema, count):
-    """Add ``count`` to the tenant's total of live messages dropped for stalled clients (a Redis counter)."""
+    """Add ``count`` to the tenant's total of live messages that clients did not get (a Redis counter).
+
+    It counts the messages dropped for stalled clients and the gaps in ``group_seq`` that consumers found.
+    """
     await sync_to_async(latest.get_client().incrby, thread_sensitive=False)(dropped_messages_key(schema), count)
 
 
 def dropped_messages(schema):
-    """Return how many live messages were dropped for the tenant's stalled clients so far."""
+    """Return how many live messages the tenant's clients did not get so far (see count_dropped_messages)."""
     return int(latest.get_client().get(dropped_messages_key(schema)) or 0)
