@@ -229,8 +229,8 @@ TELEMETRY_INTAKE_QUEUE = env.bool("THERMACORE_INTAKE_QUEUE", default=True)
 # Seconds an intake entry may stay read but unacknowledged before another run_ingest process takes it over.
 TELEMETRY_INTAKE_CLAIM_IDLE_SECONDS = env.float("THERMACORE_INTAKE_CLAIM_IDLE_SECONDS", default=60.0)
 # Entries the intake stream may hold before pollers store their batches directly for 30 s. An entry is
-# the batch of one poll worker's 0.25 s, 26 bytes per value: about 0.3 MB when 1,000 devices of 50 values
-# are polled every second, so at that rate the default bounds the stream at about 1.6 GB (an estimate).
+# the batch of one poll worker's 0.25 s, at 26 bytes per value. With 1,000 devices of 50 values polled
+# every second that is about 0.3 MB, so the default bounds the stream at about 1.6 GB (an estimate).
 TELEMETRY_INTAKE_MAX_ENTRIES = env.int("THERMACORE_INTAKE_MAX_ENTRIES", default=5000)
 if TELEMETRY_INTAKE_MAX_ENTRIES < 1:
     raise ImproperlyConfigured(

@@ -25,7 +25,7 @@ class SampleRun(NamedTuple):
 
     A Modbus poll decodes the points of a block into one run, which the
     intake stream packs without building a Sample per value.
-    ``sensor_id_bytes`` holds the sensor ids packed as little-endian int64,
+    ``sensor_id_bytes`` contains the sensor ids packed as little-endian int64,
     made once per read plan.
     """
 
