@@ -155,7 +155,7 @@ def gateway_holding(schema, device_id):
     # Gateway ids are <host>-<pid>-<hex> (CommandServer), so they are printable and contain no spaces.
     if not gateway_id or not gateway_id.isprintable() or " " in gateway_id:
         raise DeviceUnreachable(
-            f"The Redis key {key} holds {value[:80]!r}, which is not a gateway id, so the setpoint was sent to no "
+            f"The Redis key {key} contains {value[:80]!r}, which is not a gateway id, so the setpoint was sent to no "
             f"gateway and no device. Delete the key (redis-cli DEL {key}) and check that only run_gateway writes "
             "it. A running gateway advertises the device again at its next heartbeat; write again after that."
         )

@@ -148,7 +148,7 @@ def _verify_cache(schema, device_ids, token):
     """
     device_table = connection.ops.quote_name(Device._meta.db_table)
     point_table = connection.ops.quote_name(Point._meta.db_table)
-    id_array = "{" + ",".join(map(str, device_ids)) + "}"
+    id_array = _array_literal(device_ids)
     with connection.cursor() as cursor:
         cursor.execute(
             f"SELECT id, md5((to_jsonb(device) - %s::text[])::text) FROM {device_table} AS device"
@@ -203,7 +203,7 @@ def _read_points(schema, device_ids, versions, point_table):
     fresh = {device_id: [] for device_id in device_ids}
     for point in Point.objects.raw(
         f"SELECT * FROM {point_table} WHERE device_id = ANY(%s::bigint[])",
-        ["{" + ",".join(map(str, device_ids)) + "}"],
+        [_array_literal(device_ids)],
     ):
         fresh[point.device_id].append(point)
     for device_id in device_ids:
@@ -227,7 +227,7 @@ def _prepared(device, points):
     """Return the driver's read plan of ``points``, or UnreadablePoints when the driver rejects them."""
     try:
         return get_driver(device.protocol).prepare(points)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any driver error must fail this device alone
         # A point left from another protocol (an MQTT point without an address) must fail only its device.
         logger.warning(
             "Schema %s: the points of device %s (id %s) cannot be read: %s",
@@ -469,8 +469,8 @@ def _write_online(outcomes, claimed_at, now):
     if not outcomes:
         return
     table = connection.ops.quote_name(Device._meta.db_table)
-    ids = "{" + ",".join([str(outcome.device.pk) for outcome in outcomes]) + "}"
-    durations = "{" + ",".join([f"{outcome.duration_ms:.3f}" for outcome in outcomes]) + "}"
+    ids = _array_literal([outcome.device.pk for outcome in outcomes])
+    durations = _array_literal([f"{outcome.duration_ms:.3f}" for outcome in outcomes])
     with connection.cursor() as cursor:
         cursor.execute(
             f"""
@@ -541,7 +541,7 @@ def _write_point_errors(outcomes):
             point_ids.append(point_id)
             messages.append(message[:2000])
     table = connection.ops.quote_name(Point._meta.db_table)
-    device_ids = "{" + ",".join([str(outcome.device.pk) for outcome in outcomes]) + "}"
+    device_ids = _array_literal([outcome.device.pk for outcome in outcomes])
     with connection.cursor() as cursor:
         if point_ids:
             cursor.execute(
@@ -557,6 +557,11 @@ def _write_point_errors(outcomes):
             " AND NOT (id = ANY(%s::bigint[]))",
             [device_ids, point_ids],
         )
+
+
+def _array_literal(values):
+    """Return ``values`` (numbers) as a PostgreSQL array literal, which costs far less than psycopg's list adaptation."""
+    return "{" + ",".join(map(str, values)) + "}"
 
 
 def _comm_lost_samples(device, now):

@@ -254,7 +254,7 @@ def enqueue(schema, samples):
         # Without a bound, a stream that no run_ingest drains would grow until Redis runs out of memory.
         _producer_paused_until = time.monotonic() + PRODUCER_PAUSE_SECONDS
         logger.warning(
-            "Schema %s: the intake stream holds %d entries (THERMACORE_INTAKE_MAX_ENTRIES is %d), so run_ingest "
+            "Schema %s: the intake stream contains %d entries (THERMACORE_INTAKE_MAX_ENTRIES is %d), so run_ingest "
             "is not keeping up or not running; storing the batches of the next %.0f s directly",
             schema, length, settings.TELEMETRY_INTAKE_MAX_ENTRIES, PRODUCER_PAUSE_SECONDS,
         )

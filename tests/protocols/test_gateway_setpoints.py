@@ -428,7 +428,7 @@ def test_malformed_advertisement_fails_and_audits(alpha, outstation, relay, outp
 
     message = str(raised.value)
     assert f"Setpoint 7.0 for point {analog.pk} was not written" in message
-    assert f"The Redis key {key} holds {advertisement!r}, which is not a gateway id" in message
+    assert f"The Redis key {key} contains {advertisement!r}, which is not a gateway id" in message
     assert f"redis-cli DEL {key}" in message
     assert "cannot be encoded" not in message
     [entry] = setpoint_entries(analog)

@@ -332,7 +332,7 @@ def test_full_stream_pauses_the_queue(alpha, settings, caplog):
 
     assert accepted == [1, 1, 1, 1]
     assert _client().xlen(STREAM_KEY) == 2
-    assert "the intake stream holds 2 entries (THERMACORE_INTAKE_MAX_ENTRIES is 2)" in caplog.text
+    assert "the intake stream contains 2 entries (THERMACORE_INTAKE_MAX_ENTRIES is 2)" in caplog.text
     with connection.cursor() as cursor:
         cursor.execute("SELECT value FROM telemetry_reading WHERE sensor_id = %s ORDER BY time", [sensor.id])
         assert cursor.fetchall() == [(2.0,), (3.0,)]
