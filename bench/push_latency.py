@@ -141,7 +141,8 @@ async def poll(port, sensor_ids, run, poll_hz, stop, executor):
 async def receive(socket_, register_of, run, stop):
     while not stop.is_set():
         try:
-            message = json.loads(await asyncio.wait_for(socket_.recv(), timeout=0.5))
+            async with asyncio.timeout(0.5):
+                message = json.loads(await socket_.recv())
         except TimeoutError:
             continue
         received_at = time.perf_counter()

@@ -7,7 +7,9 @@ threads (WebSocket consumers, Celery tasks) use the committed fixtures.
 """
 
 import asyncio
+import faulthandler
 import socket
+import sys
 import threading
 
 import pytest
@@ -26,6 +28,10 @@ from apps.tenants.models import Tenant
 from apps.tenants.services import provision_tenant
 from tests.factories import SensorFactory
 
+# Seconds the interpreter gets to exit after the session. Python joins non-daemon threads at exit,
+# so one hung event loop thread would otherwise keep CI waiting until its own time limit.
+EXIT_TIMEOUT = 120
+
 TENANT_DOMAINS = {"alpha": "alpha.localhost", "beta": "beta.localhost"}
 ADMIN_PASSWORD = "Correct-horse-battery-4711"
 # Seconds a test waits for a WebSocket message. Generous, because the consumer
@@ -40,6 +46,12 @@ async def refusal_code(communicator, timeout=SOCKET_TIMEOUT):
     message = await communicator.receive_output(timeout=timeout)
     assert message["type"] == "websocket.close", message
     return message["code"]
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    # Print every thread's stack and exit with status 1 when the exit hangs.
+    faulthandler.dump_traceback_later(EXIT_TIMEOUT, exit=True, file=sys.__stderr__)
 
 
 @pytest.fixture(scope="session")

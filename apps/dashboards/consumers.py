@@ -228,7 +228,8 @@ class LiveValuesConsumer(CancelSafeConsumerMixin, AsyncWebsocketConsumer):
         await self._leave_groups()
         self.writer.cancel()
         try:
-            await asyncio.wait_for(self.close(code=code, reason=reason[:120]), timeout=CLOSE_TIMEOUT_SECONDS)
+            async with asyncio.timeout(CLOSE_TIMEOUT_SECONDS):
+                await self.close(code=code, reason=reason[:120])
         except TimeoutError:
             raise StopConsumer() from None
 
@@ -357,8 +358,8 @@ class LiveValuesConsumer(CancelSafeConsumerMixin, AsyncWebsocketConsumer):
         self.writer.cancel()
         try:
             # The close frame waits behind the messages the client has not read yet.
-            await asyncio.wait_for(self.close(code=CLOSE_RESYNC, reason="Fell behind; reconnect and reload."),
-                                   timeout=CLOSE_TIMEOUT_SECONDS)
+            async with asyncio.timeout(CLOSE_TIMEOUT_SECONDS):
+                await self.close(code=CLOSE_RESYNC, reason="Fell behind; reconnect and reload.")
         except TimeoutError:
             logger.warning("Live socket of user %s on schema %s took no close frame within %d s; ending it",
                            self.user_id, self.schema, CLOSE_TIMEOUT_SECONDS)

@@ -1,52 +1,19 @@
 """Consumer dispatch loop that ends its receive tasks even when one of them swallows a cancellation.
 
 Channels 4.3 cancels the receive tasks of a consumer that stops and awaits
-each of them once. Python 3.11's asyncio.wait_for returns the inner result
-instead of raising CancelledError when the cancellation arrives after the
-inner future finished but before wait_for resumed (3.12 rebuilt wait_for on
-asyncio.timeout). redis-py 8.2 sends each command through wait_for when a
-socket timeout is set. A channels_redis receive cancelled in that window
-therefore goes on polling Redis with BZPOPMIN, and the consumer that awaits
-it, or an event loop that is shutting down, waits without end.
+each of them once. A channels_redis receive whose cancellation was lost
+(thermacore.aio explains how that happens on Python 3.11) goes on polling
+Redis with BZPOPMIN, and the consumer that awaits it, or an event loop that
+is shutting down, would wait without end.
 """
 
 import asyncio
 import functools
-import logging
 
 from channels.exceptions import StopConsumer
 from channels.layers import get_channel_layer
 
-logger = logging.getLogger(__name__)
-
-# Seconds to wait for a cancelled task to end before cancelling it again.
-RECANCEL_SECONDS = 0.1
-
-
-async def cancel_and_wait(tasks, owner):
-    """Cancel ``tasks`` and wait until every one has ended, cancelling again any that is still running.
-
-    A cancellation of the caller while it waits is raised after the tasks have ended, so none is left running.
-    """
-    pending = {task for task in tasks if not task.done()}
-    for task in pending:
-        task.cancel()
-    caller_cancelled = False
-    retries = 0
-    while pending:
-        try:
-            _done, pending = await asyncio.wait(pending, timeout=RECANCEL_SECONDS)
-        except asyncio.CancelledError:
-            caller_cancelled = True
-            continue
-        for task in pending:
-            retries += 1
-            if retries == 1 or retries % 100 == 0:
-                logger.warning("%s: task %s is still running after %d cancellations; cancelling it again",
-                               owner, task.get_name(), retries)
-            task.cancel()
-    if caller_cancelled:
-        raise asyncio.CancelledError()
+from thermacore.aio import cancel_and_wait
 
 
 async def await_many_dispatch(consumer_callables, dispatch, owner):

@@ -32,14 +32,21 @@ from django_tenants.utils import get_public_schema_name, get_tenant_model, schem
 from apps.sensors.quality import Quality
 from apps.sensors.samples import Sample
 from apps.tenants.choices import TenantStatus
+from thermacore.aio import cancel_and_wait
 
 from .choices import DeviceStatus
 from .drivers.base import DeviceUnreachable, get_driver
-from .gateway_commands import CommandServer
+from .gateway_commands import STOP_WAIT_SECONDS, CommandServer
 from .models import Device, Point
 from .sinks import deliver_samples
 
 logger = logging.getLogger(__name__)
+
+# Seconds a stopping connection gets to close its session before it is cancelled again. Closing
+# an OPC UA session whose server is gone waits for the request timeout.
+CLOSE_GRACE_SECONDS = 10.0
+# Seconds the command server gets to finish setpoint requests in progress and withdraw its advertisements.
+COMMANDS_GRACE_SECONDS = STOP_WAIT_SECONDS + 5
 
 # Fields whose change restarts a connection when the gateway reloads the configuration.
 DEVICE_CONNECTION_FIELDS = (
@@ -131,11 +138,8 @@ class SupervisedConnection:
     async def stop(self):
         if self.task is None:
             return
-        self.task.cancel()
-        try:
-            await self.task
-        except asyncio.CancelledError:
-            pass
+        owner = f"Schema {self.spec.schema} device {self.spec.device.pk}"
+        await cancel_and_wait([self.task], owner, recancel_seconds=CLOSE_GRACE_SECONDS)
 
     async def run(self):
         spec = self.spec
@@ -248,13 +252,13 @@ class Gateway:
                     await self._guarded(self.heartbeat, "Storing the heartbeat")
                     next_heartbeat = now + self.heartbeat_interval
                 try:
-                    await asyncio.wait_for(self._stop.wait(), self.tick)
+                    async with asyncio.timeout(self.tick):
+                        await self._stop.wait()
                 except TimeoutError:
                     pass
         finally:
             # Callers stop routing to this gateway before its connections close.
-            command_task.cancel()
-            await asyncio.gather(command_task, return_exceptions=True)
+            await cancel_and_wait([command_task], "Gateway", recancel_seconds=COMMANDS_GRACE_SECONDS)
             await asyncio.gather(*(connection.stop() for connection in self.connections.values()))
             self.connections.clear()
             await self.flush()

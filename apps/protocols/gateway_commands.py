@@ -40,6 +40,7 @@ from django.utils.crypto import salted_hmac
 
 from apps.sensors.quality import is_bad
 from apps.sensors.samples import Sample
+from thermacore.aio import cancel_and_wait
 
 from .choices import Protocol
 from .drivers.base import DeviceUnreachable, WriteRejected
@@ -349,20 +350,25 @@ class CommandServer:
             settings.REDIS_URL, socket_timeout=LISTEN_SECONDS + 10, socket_connect_timeout=5
         )
         logger.info("Gateway %s: accepting setpoint requests on %s", self.gateway_id, command_key(self.gateway_id))
+        owner = f"Gateway {self.gateway_id}"
+        loops = [
+            asyncio.create_task(self._advertise_every_heartbeat(), name="gateway-advertise"),
+            asyncio.create_task(self._listen(), name="gateway-listen"),
+        ]
         try:
-            async with asyncio.TaskGroup() as group:
-                group.create_task(self._advertise_every_heartbeat())
-                group.create_task(self._listen())
+            # Both loops catch their errors, so one ends before cancellation only through a bug, raised here.
+            done, _pending = await asyncio.wait(loops, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()
         finally:
+            await cancel_and_wait(loops, owner)
             await self._withdraw_all()
             # Requests in progress may finish before the connections close, so their callers get a reply.
             if self.tasks:
                 logger.info("Gateway %s: waiting up to %g s for %d setpoint requests in progress",
                             self.gateway_id, STOP_WAIT_SECONDS, len(self.tasks))
                 await asyncio.wait(self.tasks, timeout=STOP_WAIT_SECONDS)
-            for task in self.tasks:
-                task.cancel()
-            await asyncio.gather(*self.tasks, return_exceptions=True)
+            await cancel_and_wait(list(self.tasks), owner)
             await self.client.aclose()
             logger.info("Gateway %s: stopped accepting setpoint requests", self.gateway_id)
 
@@ -376,7 +382,8 @@ class CommandServer:
                 # Without advertisements callers would open sessions of their own, so the loop keeps going.
                 logger.exception("Gateway %s: advertising its devices failed", self.gateway_id)
             try:
-                await asyncio.wait_for(self._advertise_now.wait(), self.gateway.heartbeat_interval)
+                async with asyncio.timeout(self.gateway.heartbeat_interval):
+                    await self._advertise_now.wait()
             except TimeoutError:
                 pass
             self._advertise_now.clear()

@@ -11,9 +11,10 @@ import asyncio
 import pytest
 from channels.layers import get_channel_layer
 
-from apps.dashboards.dispatch import await_many_dispatch, cancel_and_wait
+from apps.dashboards.dispatch import await_many_dispatch
 from tests.conftest import SOCKET_TIMEOUT
 from tests.test_isolation_matrix import BETA_HOST, _socket, alpha_websocket_credentials  # noqa: F401
+from thermacore.aio import cancel_and_wait
 
 pytestmark = pytest.mark.asyncio
 

@@ -5,6 +5,7 @@ back to the test's thread and see the test's uncommitted rows.
 """
 
 import asyncio
+import io
 import logging
 import os
 import signal
@@ -21,8 +22,11 @@ from django.conf import settings
 from django.db import connection
 from django_tenants.utils import schema_context
 
+from apps.protocols import gateway as gateway_module
 from apps.protocols.choices import DeviceStatus
+from apps.protocols.drivers.mqtt import MqttDriver
 from apps.protocols.gateway import Gateway
+from apps.protocols.gateway_commands import CommandServer
 from apps.protocols.models import Device, Point
 from apps.sensors.quality import Quality
 from apps.telemetry.models import Reading
@@ -33,6 +37,8 @@ from tests.protocols.conftest import MQTT_BROKER
 pytestmark = pytest.mark.slow
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+# Seconds run_gateway_during waits for the gateway to stop after the scenario.
+STOP_TIMEOUT = 30
 
 
 def mqtt_device(port=MQTT_BROKER[1], **fields):
@@ -51,6 +57,14 @@ def fast_gateway(**options):
     return Gateway(**options)
 
 
+def task_stacks():
+    """Return the stack of every task of the running event loop, as Task.print_stack prints it."""
+    output = io.StringIO()
+    for task in asyncio.all_tasks():
+        task.print_stack(file=output)
+    return output.getvalue()
+
+
 def run_gateway_during(gateway, scenario):
     """Run ``gateway`` while the coroutine function ``scenario`` runs, then stop it and return the result."""
 
@@ -60,7 +74,12 @@ def run_gateway_during(gateway, scenario):
             return await scenario()
         finally:
             gateway.request_stop()
-            await task
+            try:
+                async with asyncio.timeout(STOP_TIMEOUT):
+                    await asyncio.shield(task)
+            except TimeoutError:
+                raise AssertionError(f"The gateway did not stop within {STOP_TIMEOUT} s. Tasks still running:\n"
+                                     f"{task_stacks()}") from None
 
     return async_to_sync(main)()
 
@@ -226,6 +245,46 @@ def test_backoff_doubles_up_to_maximum():
     gateway = Gateway(min_backoff=1, max_backoff=30)
 
     assert [gateway.backoff(failures) for failures in range(1, 8)] == [1, 2, 4, 8, 16, 30, 30]
+
+
+def test_stop_survives_lost_cancellation(alpha, topic_prefix, monkeypatch, caplog):
+    # On Python 3.11 a task cancelled inside asyncio.wait_for, as redis-py sends commands, may go on
+    # running. Here the MQTT connection and the request listener each ignore their first cancellation.
+    lost = []
+
+    def ignoring_first_cancellation(function):
+        async def wrapper(*args, **kwargs):
+            try:
+                return await function(*args, **kwargs)
+            except asyncio.CancelledError:
+                lost.append(function.__qualname__)
+                await asyncio.Event().wait()
+        return wrapper
+
+    monkeypatch.setattr(MqttDriver, "run", ignoring_first_cancellation(MqttDriver.run))
+    monkeypatch.setattr(CommandServer, "_listen", ignoring_first_cancellation(CommandServer._listen))
+    monkeypatch.setattr(gateway_module, "CLOSE_GRACE_SECONDS", 0.2)
+    mqtt_point(mqtt_device(), f"{topic_prefix}/boiler/temp")
+    gateway = fast_gateway()
+    caplog.set_level(logging.WARNING, logger="thermacore.aio")
+
+    async def scenario():
+        await connected(gateway, 1)
+        [supervised] = gateway.connections.values()
+        return supervised, supervised.driver
+
+    started = time.monotonic()
+    supervised, driver = run_gateway_during(gateway, scenario)
+    stop_seconds = time.monotonic() - started
+
+    assert sorted(lost) == ["CommandServer._listen", "MqttDriver.run"]
+    assert supervised.task.cancelled()
+    assert driver.client is None, "the stopped connection left its MQTT client open"
+    assert stop_seconds < STOP_TIMEOUT
+    assert f"Gateway {gateway.commands.gateway_id}: task gateway-listen is still running after 1 cancellations" \
+        in caplog.text
+    assert f"Schema alpha device {supervised.spec.device.pk}: task gateway-alpha-{supervised.spec.device.pk} " \
+        "is still running after 1 cancellations" in caplog.text
 
 
 def test_run_gateway_stops_on_sigterm(alpha):

@@ -46,15 +46,23 @@ class CountingRelay:
         # While set, the relay closes every connection at once, as a broken link does.
         self.link_broken = False
         self.writers = []
+        self.handlers = set()
         self.thread = ServerThread(self._serve)
 
     async def _serve(self, ready):
         server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
-        async with server:
-            ready.set()
-            await server.serve_forever()
+        try:
+            async with server:
+                ready.set()
+                await server.serve_forever()
+        finally:
+            # Ends the open connections while the loop runs, so none is left to close on a closed loop.
+            for handler in self.handlers:
+                handler.cancel()
+            await asyncio.gather(*self.handlers, return_exceptions=True)
 
     async def _relay(self, reader, writer):
+        self.handlers.add(asyncio.current_task())
         self.accepted += 1
         if self.link_broken:
             writer.close()

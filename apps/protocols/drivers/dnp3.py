@@ -155,7 +155,8 @@ class Dnp3Driver(SubscriptionDriver):
             )
         self.master.Enable()
         try:
-            await asyncio.wait_for(asyncio.shield(self._opened), self.device.timeout)
+            async with asyncio.timeout(self.device.timeout):
+                await asyncio.shield(self._opened)
         except TimeoutError:
             # A caller whose connect() failed does not call close(), so the channel and TLS files go here.
             await self.close()
@@ -199,7 +200,8 @@ class Dnp3Driver(SubscriptionDriver):
         operate(command.command, point.dnp3_index, on_result)
         try:
             # Select before operate takes two round trips.
-            summary, results = await asyncio.wait_for(finished, self.device.timeout * 2 + 1)
+            async with asyncio.timeout(self.device.timeout * 2 + 1):
+                summary, results = await finished
         except TimeoutError:
             raise DeviceUnreachable(f"No response to {command.description} on {target}.") from None
         finally:
@@ -251,7 +253,8 @@ class Dnp3Driver(SubscriptionDriver):
                     opendnp3.GroupVariationID(*variation), point.dnp3_index, point.dnp3_index, self._callbacks[1]
                 )
         try:
-            await asyncio.wait_for(asyncio.gather(*waiting), self.device.timeout)
+            async with asyncio.timeout(self.device.timeout):
+                await asyncio.gather(*waiting)
         except TimeoutError:
             logger.warning(
                 "Schema %s device %s: DNP3 outstation %s sent no output status within %s s",

@@ -154,15 +154,14 @@ class MqttDriver(SubscriptionDriver):
         self.client = self._make_client(ip_address)
         address = f"{self.device.host}:{self.device.port}"
         try:
-            await asyncio.wait_for(
-                asyncio.to_thread(self.client.connect, self.device.host, self.device.port, KEEPALIVE_SECONDS),
-                self.device.timeout,
-            )
+            async with asyncio.timeout(self.device.timeout):
+                await asyncio.to_thread(self.client.connect, self.device.host, self.device.port, KEEPALIVE_SECONDS)
         except (TimeoutError, OSError) as exc:
             raise DeviceUnreachable(f"Cannot connect to MQTT broker {address}: {exc or 'timed out'}") from exc
         self.client.loop_start()
         try:
-            await asyncio.wait_for(asyncio.shield(self._connect_result), self.device.timeout)
+            async with asyncio.timeout(self.device.timeout):
+                await asyncio.shield(self._connect_result)
         except TimeoutError:
             raise DeviceUnreachable(
                 f"MQTT broker {address} did not acknowledge the connection within {self.device.timeout} s."
