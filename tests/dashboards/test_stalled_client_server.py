@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import re
 import socket
 import struct
 import time
@@ -71,6 +72,8 @@ KEEPALIVE_CLOSE_CODE = 1011
 POLL_SECONDS = 0.05
 # Seconds a consumer gets to take a flood from the channel layer after the other client received all of it.
 CATCH_UP_SECONDS = 1
+# Log line of a consumer that ended with messages still queued (apps.dashboards.consumers).
+DROPPED_LINE = re.compile(r"Live socket of user \d+ on schema \w+ .*?; dropped (\d+) (?:queued )?messages")
 
 
 @contextlib.contextmanager
@@ -89,8 +92,8 @@ def _small_buffer_uvicorn(log_path, options=(), environment=None):
 
 
 @pytest.fixture(scope="module")
-def uvicorn_port(django_db_setup, tmp_path_factory):
-    """Run uvicorn on a listening socket whose accepted connections have a small kernel send buffer.
+def uvicorn_server(django_db_setup, tmp_path_factory):
+    """Run uvicorn on a listening socket whose accepted connections have a small kernel send buffer; yield port and log.
 
     Linux copies SO_SNDBUF from the listening socket to the connections it
     accepts, and a fixed size turns off send-buffer autotuning. Left at the
@@ -98,8 +101,14 @@ def uvicorn_port(django_db_setup, tmp_path_factory):
     default) for a stalled client before uvicorn's send waits. The keepalive
     is that of Procfile.demo.
     """
-    with _small_buffer_uvicorn(tmp_path_factory.mktemp("uvicorn") / "uvicorn.log") as port:
-        yield port
+    log_path = tmp_path_factory.mktemp("uvicorn") / "uvicorn.log"
+    with _small_buffer_uvicorn(log_path) as port:
+        yield port, log_path
+
+
+@pytest.fixture(scope="module")
+def uvicorn_port(uvicorn_server):
+    return uvicorn_server[0]
 
 
 @pytest.fixture(scope="module")
@@ -488,8 +497,18 @@ async def test_uvicorn_send_timeout_ends_blocked_consumer(short_keepalive_port, 
     assert outcome.snapshot["alarms"][0]["state"] == payloads[-1][1]["state"]
 
 
+def _logged_drops(log_path, offset):
+    """Return the counts of the "dropped N messages" lines that the server logged after byte ``offset``."""
+    with log_path.open("rb") as log:
+        log.seek(offset)
+        text = log.read().decode("utf-8", "replace")
+    return [int(count) for count in DROPPED_LINE.findall(text)]
+
+
 @pytest.mark.asyncio
-async def test_uvicorn_reset_client_counts_queued(uvicorn_port, committed_alarm, django_db_blocker):
+async def test_uvicorn_reset_client_counts_queued(uvicorn_server, committed_alarm, django_db_blocker):
+    uvicorn_port, log_path = uvicorn_server
+    log_offset = log_path.stat().st_size
     alarm = committed_alarm
     group = unit_group("alpha", alarm.unit_id)
     with django_db_blocker.unblock():
@@ -520,6 +539,7 @@ async def test_uvicorn_reset_client_counts_queued(uvicorn_port, committed_alarm,
     assert [message["seq"] for message in received] == list(range(1, BLOCKING_FLOOD + 1))
     assert len(stalled_channels) == 1
     assert not members & stalled_channels
-    # The buffers took at least SMALL_FLOOD transitions (see the test above), so at most the rest was
-    # queued. Counting it twice, in the writer and in disconnect(), would exceed that.
-    assert 1 <= dropped <= BLOCKING_FLOOD - SMALL_FLOOD
+    # The flood stayed below the outbox limit, and the one consumer that ended counted its queue once,
+    # either in the writer or in disconnect(), never in both.
+    assert 1 <= dropped < OUTBOX_LIMIT
+    assert _logged_drops(log_path, log_offset) == [dropped]
