@@ -236,6 +236,8 @@ if TELEMETRY_INTAKE_MAX_ENTRIES < 1:
     raise ImproperlyConfigured(
         f"THERMACORE_INTAKE_MAX_ENTRIES is {TELEMETRY_INTAKE_MAX_ENTRIES}; set a whole number of entries of 1 or more."
     )
+# Largest upload in bytes that POST /api/v1/ingest/csv/ imports in the request. Larger ones get 413.
+TELEMETRY_CSV_IMPORT_MAX_SYNC_BYTES = env.int("THERMACORE_CSV_IMPORT_MAX_SYNC_BYTES", default=10 * 1024 * 1024)
 # Upper bound of the back-off between polls of an unreachable device.
 PROTOCOLS_MAX_BACKOFF_SECONDS = env.int("THERMACORE_MAX_BACKOFF_SECONDS", default=300)
 # Seconds a setpoint write routed to the gateway waits beyond the DNP3 device's own timeouts for its reply.
@@ -344,6 +346,12 @@ CELERY_BEAT_SCHEDULE = {
         "task": "protocols.refresh_crls",
         "schedule": 3600.0,
     },
+    # Fails the running CSV import jobs whose worker died, also those that no client polls.
+    "fail-interrupted-csv-imports": {
+        "task": "telemetry.fail_interrupted_csv_imports",
+        "schedule": 300.0,
+        "options": {"expire_seconds": 300},
+    },
 }
 
 # Authentication and API -----------------------------------------------------
@@ -392,6 +400,8 @@ DEFAULT_FROM_EMAIL = env.str("THERMACORE_DEFAULT_FROM_EMAIL", default="ThermaCor
 AUDIT_ARCHIVE_DIR = env.path("THERMACORE_AUDIT_ARCHIVE_DIR", default=str(BASE_DIR / "var" / "audit-archive"))
 # Directory of the audit exports that the audit page prepares in the background (one folder per tenant).
 AUDIT_EXPORT_DIR = env.path("THERMACORE_AUDIT_EXPORT_DIR", default=str(BASE_DIR / "var" / "audit-exports"))
+# Uploads of CSV import jobs wait here, per schema, until their job ends.
+TELEMETRY_CSV_IMPORT_DIR = env.path("THERMACORE_CSV_IMPORT_DIR", default=str(BASE_DIR / "var" / "csv-imports"))
 # Days a finished audit export file is kept before audit.delete_old_exports deletes it.
 AUDIT_EXPORT_RETENTION_DAYS = env.int("THERMACORE_AUDIT_EXPORT_RETENTION_DAYS", default=7)
 # Directory of the tenant archives that the platform admin's export action writes (apps.tenants.backup).

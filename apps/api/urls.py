@@ -5,7 +5,7 @@ from apps.accounts.views import ApiKeyViewSet, LogoutView, ProfileView, TokenObt
 from apps.alarms.api import AlarmRuleViewSet, AlarmViewSet, NotificationDeliveryViewSet, NotificationTargetViewSet
 
 from . import views
-from .csv_import import CsvImportView
+from .csv_import import CsvImportJobDetailView, CsvImportJobListView, CsvImportView
 from .ingest import IngestView
 
 
@@ -32,6 +32,8 @@ urlpatterns = [
     path("auth/token/refresh/", TokenRefreshView.as_view(), name="token_refresh"),
     path("ingest/", IngestView.as_view(), name="ingest"),
     path("ingest/csv/", CsvImportView.as_view(), name="ingest_csv"),
+    path("ingest/csv/jobs/", CsvImportJobListView.as_view(), name="ingest_csv_jobs"),
+    path("ingest/csv/jobs/<int:pk>/", CsvImportJobDetailView.as_view(), name="ingest_csv_job"),
     path("auth/logout/", LogoutView.as_view(), name="auth_logout"),
     path("auth/me/", ProfileView.as_view(), name="auth_me"),
     path("audit/", include("apps.audit.api_urls")),

@@ -6,6 +6,7 @@ class TelemetryConfig(AppConfig):
     verbose_name = "Telemetry"
 
     def ready(self):
+        from apps.accounts.roles import Capability, ModelPolicy, register_model_policy
         from apps.protocols.sinks import set_sample_queue, set_sample_sink
 
         from .ingest import ingest
@@ -15,3 +16,5 @@ class TelemetryConfig(AppConfig):
         set_sample_sink(ingest)
         # Pollers may queue samples instead, for `manage.py run_ingest` to store (TELEMETRY_INTAKE_QUEUE).
         set_sample_queue(enqueue)
+        # Import jobs show other users' file names and rejected readings, so only users who may import see them.
+        register_model_policy("telemetry.csvimportjob", ModelPolicy(view=Capability.CONFIGURE_PLANT))

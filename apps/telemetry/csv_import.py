@@ -101,7 +101,10 @@ class ImportReport:
         }
 
 
-def import_readings(schema, text, *, actor, source, request=None, dry_run=False, chunk_size=CHUNK_SIZE):
+def import_readings(
+    schema, text, *, actor, source, request=None, dry_run=False, chunk_size=CHUNK_SIZE, progress=None,
+    audit_detail=None,
+):
     """Import the CSV text stream ``text`` into the readings of tenant ``schema`` and return an ImportReport.
 
     ``text`` is an iterable of lines, such as a file opened with
@@ -111,6 +114,10 @@ def import_readings(schema, text, *, actor, source, request=None, dry_run=False,
     it fails halfway. With ``dry_run`` every chunk is ingested inside a
     transaction that is rolled back, so the counts include duplicates against
     stored history, but nothing is kept or audited.
+
+    ``progress`` is called with the report after each chunk was handed to
+    ingest. An exception it raises stops the import, and the earlier chunks
+    stay stored. ``audit_detail`` adds keys to the audit entry's detail.
     """
     report = ImportReport(dry_run=dry_run)
     reader = csv.reader(text)
@@ -127,11 +134,11 @@ def import_readings(schema, text, *, actor, source, request=None, dry_run=False,
         )
         completed = False
         try:
-            _import_rows(schema, reader, layout, report, dry_run, chunk_size)
+            _import_rows(schema, reader, layout, report, dry_run, chunk_size, progress)
             completed = True
         finally:
             if not dry_run and (report.accepted or report.spooled or report.duplicates or report.rejected):
-                _audit(report, actor=actor, source=source, request=request, completed=completed)
+                _audit(report, actor=actor, source=source, request=request, completed=completed, extra=audit_detail)
     logger.info(
         "CSV import into schema %s%s: %d lines, %d chunks, %d accepted, %d spooled, %d duplicates, %d rejected",
         schema,
@@ -146,7 +153,7 @@ def import_readings(schema, text, *, actor, source, request=None, dry_run=False,
     return report
 
 
-def _import_rows(schema, reader, layout, report, dry_run, chunk_size):
+def _import_rows(schema, reader, layout, report, dry_run, chunk_size, progress):
     zones = _SiteZones()
     chunk = _Chunk()
     try:
@@ -159,16 +166,21 @@ def _import_rows(schema, reader, layout, report, dry_run, chunk_size):
             if len(chunk.samples) >= chunk_size:
                 _ingest_chunk(schema, chunk, report, dry_run)
                 chunk = _Chunk()
+                if progress is not None:
+                    progress(report)
     except (csv.Error, UnicodeDecodeError) as exc:
         report.error = f"Line {reader.line_num + 1} cannot be read ({exc}); fix the file and import from that line on."
         logger.warning("CSV import into schema %s stopped: %s", schema, report.error)
     # The lines read before an unreadable one are still stored.
     _ingest_chunk(schema, chunk, report, dry_run)
+    if progress is not None:
+        progress(report)
 
 
-def _audit(report, *, actor, source, request, completed):
+def _audit(report, *, actor, source, request, completed, extra=None):
     detail = {key: value for key, value in report.as_dict().items() if key not in ("rejections", "dry_run")}
     detail["source"] = source
+    detail.update(extra or {})
     audit.record(
         AuditAction.OBJECTS_IMPORTED,
         actor=actor,

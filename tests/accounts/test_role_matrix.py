@@ -16,6 +16,7 @@ from apps.accounts.services import create_api_key as create_api_key_service
 from apps.alarms.choices import AlarmState, Condition
 from apps.alarms.models import Alarm, AlarmRule, AlarmTransition, NotificationDelivery
 from apps.alarms.notifications import create_notification_target as create_notification_target_service
+from apps.telemetry.models import CsvImportJob
 from tests.accounts.routes import is_format_suffix_variant, iter_routes
 from tests.conftest import admin_of
 from tests.factories import DeviceFactory, PointFactory, SensorFactory, SiteFactory, UnitFactory
@@ -75,6 +76,9 @@ EXPECTED_ACCESS = {
     ("audit-export-manifest", "GET"): AUDIT_READERS,
     ("ingest", "POST"): ADMIN_ONLY,
     ("ingest_csv", "POST"): ADMIN_ONLY,
+    ("ingest_csv_jobs", "GET"): ADMIN_ONLY,
+    ("ingest_csv_jobs", "POST"): ADMIN_ONLY,
+    ("ingest_csv_job", "GET"): ADMIN_ONLY,
     ("api-root", "GET"): EVERY_ROLE,
     ("token_obtain_pair", "POST"): ANONYMOUS,
     ("token_refresh", "POST"): ANONYMOUS,
@@ -124,6 +128,10 @@ def create_notification_delivery():
     )
 
 
+def create_csv_import_job():
+    return CsvImportJob.objects.create(requested_by=admin_of("alpha"), source="history.csv", upload_path="")
+
+
 # Objects that detail routes act on, by the model of the view's queryset.
 FACTORIES = {
     "alarms.notificationtarget": create_notification_target,
@@ -136,6 +144,7 @@ FACTORIES = {
     "sensors.sensor": SensorFactory,
     "protocols.device": DeviceFactory,
     "protocols.point": PointFactory,
+    "telemetry.csvimportjob": create_csv_import_job,
 }
 
 
@@ -167,7 +176,8 @@ def _url_for(route_key):
     name, _ = route_key
     route = API_ROUTES[route_key]
     lookup = getattr(route.callback.cls, "lookup_url_kwarg", None) or getattr(route.callback.cls, "lookup_field", "pk")
-    if f"(?P<{lookup}>" not in route.pattern:
+    # Router routes are regular expressions, path() routes use converters such as <int:pk>.
+    if not any(marker in route.pattern for marker in (f"(?P<{lookup}>", f":{lookup}>", f"<{lookup}>")):
         return reverse(name)
     model = route.callback.cls.queryset.model
     factory = FACTORIES.get(model._meta.label_lower)

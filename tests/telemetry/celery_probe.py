@@ -13,7 +13,8 @@ from celery import Celery
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "thermacore.settings")
 
-app = Celery("delivery_probe")
+# Not the current app: shared tasks that later tests in the same process queue must keep going to the project app.
+app = Celery("delivery_probe", set_as_current=False)
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.conf.broker_url = os.environ["PROBE_BROKER_URL"]
 app.conf.broker_transport_options = {

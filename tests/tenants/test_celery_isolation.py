@@ -90,6 +90,8 @@ TENANT_TASKS = {
     "telemetry.apply_retention": Case(setup=give_alpha_retention),
     "telemetry.ensure_partitions": Case(setup=forget_alpha_partitions),
     "telemetry.replay_spool": Case(setup=spool_readings_of_both_tenants),
+    "telemetry.run_csv_import_job": Case(args=(MISSING_ID,)),
+    "telemetry.fail_interrupted_csv_imports": Case(),
 }
 
 
