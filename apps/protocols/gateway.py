@@ -36,7 +36,7 @@ from thermacore.aio import cancel_and_wait
 
 from .choices import DeviceStatus
 from .drivers.base import DeviceUnreachable, get_driver
-from .gateway_commands import STOP_WAIT_SECONDS, CommandServer
+from .gateway_commands import CommandServer
 from .models import Device, Point
 from .sinks import deliver_samples
 
@@ -45,8 +45,6 @@ logger = logging.getLogger(__name__)
 # Seconds a stopping connection gets to close its session before it is cancelled again. Closing
 # an OPC UA session whose server is gone waits for the request timeout.
 CLOSE_GRACE_SECONDS = 10.0
-# Seconds the command server gets to finish setpoint requests in progress and withdraw its advertisements.
-COMMANDS_GRACE_SECONDS = STOP_WAIT_SECONDS + 5
 
 # Fields whose change restarts a connection when the gateway reloads the configuration.
 DEVICE_CONNECTION_FIELDS = (
@@ -236,9 +234,9 @@ class Gateway:
         self._stop = asyncio.Event()
         if self._stop_requested:
             self._stop.set()
-        logger.info("Gateway started")
-        # A task of its own, so that neither database calls nor a slow outstation hold up requests or advertisements.
-        command_task = asyncio.create_task(self.commands.run(), name="gateway-commands")
+        logger.info("Gateway %s started", self.commands.gateway_id)
+        # Tasks of their own, so that neither database calls nor a slow outstation hold up requests or advertisements.
+        self.commands.start()
         next_heartbeat = next_reload = time.monotonic()
         try:
             while not self._stop.is_set():
@@ -257,12 +255,15 @@ class Gateway:
                 except TimeoutError:
                     pass
         finally:
-            # Callers stop routing to this gateway before its connections close.
-            await cancel_and_wait([command_task], "Gateway", recancel_seconds=COMMANDS_GRACE_SECONDS)
+            logger.info("Gateway %s stopping %d connections", self.commands.gateway_id, len(self.connections))
+            # The advertisements go only after the connections closed, so no caller opens a second DNP3 master
+            # beside this gateway's while it stops.
+            await self.commands.stop_requests()
             await asyncio.gather(*(connection.stop() for connection in self.connections.values()))
             self.connections.clear()
+            await self.commands.close()
             await self.flush()
-            logger.info("Gateway stopped")
+            logger.info("Gateway %s stopped", self.commands.gateway_id)
 
     async def _guarded(self, step, description):
         # A database outage must not end the connections, which keep buffering samples.

@@ -65,6 +65,8 @@ LISTEN_SECONDS = 1.0
 MAX_LISTEN_RETRY_SECONDS = 30.0
 # Seconds a stopping gateway waits for the requests in progress before it cancels them.
 STOP_WAIT_SECONDS = 10.0
+# Seconds each Redis step of replying and stopping may take, so that a stalled Redis cannot hold up the stop.
+REDIS_STOP_SECONDS = 3.0
 
 # Deletes an advertisement only while it still names this gateway.
 _DELETE_IF_OWNER = """
@@ -264,6 +266,8 @@ class SetpointWriter:
             raise WriteRejected(message)
         if outcome == "invalid":
             raise ValueError(message)
+        if outcome == "unconfirmed":
+            raise UnconfirmedWrite(message)
         if outcome != "ok":
             raise DeviceUnreachable(message)
 
@@ -333,6 +337,8 @@ class CommandServer:
         self.advertised = set()
         self.tasks = set()
         self._advertise_now = None
+        self._advertiser = None
+        self._listener = None
 
     def request_advertisement(self):
         """Advertise the held devices now instead of at the next heartbeat, e.g. after a reload started connections."""
@@ -342,35 +348,53 @@ class CommandServer:
     def advertisement_seconds(self):
         return max(3 * self.gateway.heartbeat_interval, MIN_ADVERTISEMENT_SECONDS)
 
-    async def run(self):
-        """Advertise the held devices every heartbeat and execute requests until cancelled."""
+    def start(self):
+        """Start advertising the held devices every heartbeat and executing the requests pushed to this gateway.
+
+        The gateway stops it in two steps: ``stop_requests`` before its connections close, ``close`` after.
+        """
         # BLPOP blocks server-side for LISTEN_SECONDS at most, well inside the socket timeout.
         self._advertise_now = asyncio.Event()
         self.client = redis.asyncio.Redis.from_url(
             settings.REDIS_URL, socket_timeout=LISTEN_SECONDS + 10, socket_connect_timeout=5
         )
         logger.info("Gateway %s: accepting setpoint requests on %s", self.gateway_id, command_key(self.gateway_id))
-        owner = f"Gateway {self.gateway_id}"
-        loops = [
-            asyncio.create_task(self._advertise_every_heartbeat(), name="gateway-advertise"),
-            asyncio.create_task(self._listen(), name="gateway-listen"),
-        ]
-        try:
-            # Both loops catch their errors, so one ends before cancellation only through a bug, raised here.
-            done, _pending = await asyncio.wait(loops, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                task.result()
-        finally:
-            await cancel_and_wait(loops, owner)
-            await self._withdraw_all()
-            # Requests in progress may finish before the connections close, so their callers get a reply.
-            if self.tasks:
-                logger.info("Gateway %s: waiting up to %g s for %d setpoint requests in progress",
-                            self.gateway_id, STOP_WAIT_SECONDS, len(self.tasks))
-                await asyncio.wait(self.tasks, timeout=STOP_WAIT_SECONDS)
-            await cancel_and_wait(list(self.tasks), owner)
-            await self.client.aclose()
-            logger.info("Gateway %s: stopped accepting setpoint requests", self.gateway_id)
+        self._advertiser = asyncio.create_task(self._advertise_every_heartbeat(), name="gateway-advertise")
+        self._listener = asyncio.create_task(self._listen(), name="gateway-listen")
+
+    async def stop_requests(self):
+        """Stop taking requests, let those in progress finish for up to STOP_WAIT_SECONDS, then interrupt the rest.
+
+        The advertisements stay, so callers do not open a second master while the gateway's is connected.
+        Requests pushed meanwhile are answered by ``close``.
+        """
+        if self._listener is None:
+            return
+        await cancel_and_wait([self._listener], self.owner)
+        if self.tasks:
+            logger.info("Gateway %s: stopped taking setpoint requests; waiting up to %g s for %d in progress",
+                        self.gateway_id, STOP_WAIT_SECONDS, len(self.tasks))
+            await asyncio.wait(self.tasks, timeout=STOP_WAIT_SECONDS)
+        # An interrupted request sends its "unconfirmed" reply before it ends, which takes up to REDIS_STOP_SECONDS.
+        await cancel_and_wait(list(self.tasks), self.owner, recancel_seconds=REDIS_STOP_SECONDS + 1)
+
+    async def close(self):
+        """Stop advertising, withdraw the advertisements, answer the requests still queued and close the client.
+
+        Call it after the connections closed, so that callers who find no advertisement open their own session
+        only once the gateway's master is gone.
+        """
+        if self._advertiser is None:
+            return
+        await cancel_and_wait([self._advertiser], self.owner)
+        await self._withdraw_all()
+        await self._answer_queued()
+        await self.client.aclose()
+        logger.info("Gateway %s: stopped accepting setpoint requests", self.gateway_id)
+
+    @property
+    def owner(self):
+        return f"Gateway {self.gateway_id}"
 
     async def _advertise_every_heartbeat(self):
         while True:
@@ -405,16 +429,40 @@ class CommandServer:
 
     async def _withdraw_all(self):
         try:
-            async with self.client.pipeline(transaction=False) as pipeline:
-                for schema, device_id in self.advertised:
-                    pipeline.eval(_DELETE_IF_OWNER, 1, advertisement_key(schema, device_id), self.gateway_id)
-                await pipeline.execute()
+            async with asyncio.timeout(REDIS_STOP_SECONDS):
+                async with self.client.pipeline(transaction=False) as pipeline:
+                    for schema, device_id in self.advertised:
+                        pipeline.eval(_DELETE_IF_OWNER, 1, advertisement_key(schema, device_id), self.gateway_id)
+                    await pipeline.execute()
             self.advertised = set()
-        except redis.RedisError as exc:
+        except (redis.RedisError, TimeoutError) as exc:
             logger.warning(
                 "Gateway %s: withdrawing %d device advertisements failed (they expire by themselves): %s",
-                self.gateway_id, len(self.advertised), exc,
+                self.gateway_id, len(self.advertised), exc or f"timed out after {REDIS_STOP_SECONDS:g} s",
             )
+
+    async def _answer_queued(self):
+        """Reply "stopping" to the requests still in this gateway's command list, so their callers need not wait."""
+        answered = 0
+        try:
+            async with asyncio.timeout(REDIS_STOP_SECONDS):
+                while (payload := await self.client.lpop(command_key(self.gateway_id))) is not None:
+                    request = _decoded_request(payload)
+                    if request is None:
+                        continue
+                    ids, request_id, deadline = request
+                    message = (
+                        f"Gateway {self.gateway_id} stopped before it ran request {request_id}, so nothing was "
+                        "written. Write again: the gateway that holds the device next, or your own session, runs it."
+                    )
+                    await self._send_reply(ids, request_id, deadline, {"outcome": "stopping", "message": message})
+                    answered += 1
+        except (redis.RedisError, TimeoutError) as exc:
+            logger.warning("Gateway %s: answering the requests left in its command list failed after %d: %s",
+                           self.gateway_id, answered, exc or f"timed out after {REDIS_STOP_SECONDS:g} s")
+            return
+        if answered:
+            logger.info("Gateway %s: answered %d queued setpoint requests with 'stopping'", self.gateway_id, answered)
 
     async def _listen(self):
         failures = 0
@@ -455,20 +503,35 @@ class CommandServer:
             return
         ids = f"Schema {schema} device {device_id} point {point_id} request {request_id}"
         logger.info("%s: setpoint request received", ids)
-        reply = await self._reply_for(ids, schema, device_id, point_id, fields, value, deadline, settings_digest)
+        try:
+            reply = await self._reply_for(ids, schema, device_id, point_id, fields, value, deadline, settings_digest)
+        except asyncio.CancelledError:
+            # The gateway is stopping. The command may have reached the device, so the caller learns it is unconfirmed.
+            message = (
+                f"Gateway {self.gateway_id} stopped while it ran request {request_id}. The write may have reached "
+                "the device: read the device's value before writing again."
+            )
+            logger.warning("%s: setpoint request interrupted by the gateway's stop", ids)
+            await self._send_reply(ids, request_id, deadline, {"outcome": "unconfirmed", "message": message})
+            raise
         level = logging.INFO if reply["outcome"] == "ok" else logging.WARNING
         outcome = reply["outcome"] if "message" not in reply else f"{reply['outcome']}: {reply['message']}"
         logger.log(level, "%s: setpoint request %s", ids, outcome)
         if reply["outcome"] == "expired":
             # The caller gave up and recorded the failure, so no one reads a reply.
             return
+        await self._send_reply(ids, request_id, deadline, reply)
+
+    async def _send_reply(self, ids, request_id, deadline, reply):
         try:
-            async with self.client.pipeline(transaction=True) as pipeline:
-                pipeline.lpush(reply_key(request_id), json.dumps(reply))
-                pipeline.expire(reply_key(request_id), max(1, round(deadline - time.time()) + 5))
-                await pipeline.execute()
-        except redis.RedisError as exc:
-            logger.error("%s: sending the reply through Redis failed: %s", ids, exc)
+            async with asyncio.timeout(REDIS_STOP_SECONDS):
+                async with self.client.pipeline(transaction=True) as pipeline:
+                    pipeline.lpush(reply_key(request_id), json.dumps(reply))
+                    pipeline.expire(reply_key(request_id), max(1, round(deadline - time.time()) + 5))
+                    await pipeline.execute()
+        except (redis.RedisError, TimeoutError) as exc:
+            logger.error("%s: sending the %s reply through Redis failed: %s",
+                         ids, reply["outcome"], exc or f"timed out after {REDIS_STOP_SECONDS:g} s")
 
     async def _reply_for(self, ids, schema, device_id, point_id, fields, value, deadline, settings_digest):
         supervised = self.gateway.connections.get((schema, device_id))
@@ -536,6 +599,19 @@ class CommandServer:
             "write_response": driver.write_response,
             "point_error": driver.point_errors.get(point.pk),
         }
+
+
+def _decoded_request(payload):
+    """Return the log ids, request id and deadline of a queued request, or None when it is malformed."""
+    try:
+        request = json.loads(payload)
+        ids = (f"Schema {request['schema']} device {int(request['device'])} point {int(request['point']['pk'])} "
+               f"request {request['id']}")
+        return ids, str(request["id"]), float(request["deadline"])
+    except (ValueError, KeyError, TypeError) as exc:
+        logger.warning("Dropped a malformed setpoint request left in a stopping gateway's list (%s: %s)",
+                       type(exc).__name__, exc)
+        return None
 
 
 def _point_for_request(points, point_id, fields):

@@ -8,6 +8,7 @@ import asyncio
 import io
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -176,7 +177,7 @@ def test_failing_connection_backs_off_and_others_continue(alpha, topic_prefix, c
     assert f"{prefix} (2 in a row), retrying in 0.2 s" in caplog.text
     assert f"{prefix} (3 in a row), retrying in 0.4 s" in caplog.text
     assert f"Schema alpha device {broken.pk}: starting mqtt connection" in caplog.text
-    assert "Gateway stopped" in caplog.text
+    assert f"Gateway {gateway.commands.gateway_id} stopped" in caplog.text
 
 
 def test_gateway_resubscribes_after_broker_restart(alpha, private_broker):
@@ -304,7 +305,7 @@ def test_run_gateway_stops_on_sigterm(alpha):
         output = []
         for line in process.stdout:
             output.append(line)
-            if "Gateway started" in line:
+            if re.search(r"Gateway \S+ started", line):
                 break
         process.send_signal(signal.SIGTERM)
         remaining, _ = process.communicate(timeout=20)
@@ -315,7 +316,9 @@ def test_run_gateway_stops_on_sigterm(alpha):
 
     output.append(remaining)
     assert process.returncode == 0, "".join(output)
-    assert "Gateway stopped" in "".join(output)
+    [gateway_id] = re.findall(r"Gateway (\S+) started", "".join(output))
+    assert f"Gateway {gateway_id} stopping 0 connections" in "".join(output)
+    assert f"Gateway {gateway_id} stopped" in "".join(output)
 
 
 def test_gateway_stops_suspended_tenant_and_resumes(alpha, topic_prefix, caplog):

@@ -20,6 +20,8 @@ from django.contrib.auth import get_user_model
 from apps.accounts.choices import Role
 from apps.audit.choices import AuditAction, Outcome
 from apps.audit.models import AuditEntry
+from apps.protocols import gateway_commands
+from apps.protocols.gateway import SupervisedConnection
 from apps.protocols.gateway_commands import advertisement_key, command_key, connection_digest, reply_key
 from apps.protocols.models import Device, Point
 from apps.protocols.services import SetpointError, write_setpoint
@@ -501,3 +503,71 @@ def test_malformed_reply_is_unconfirmed(alpha, outstation, relay, outputs, opera
     assert reason in entry.detail["error"]
     assert relay.accepted == 0
     assert outstation.handler.operates == []
+
+
+def test_stop_interrupts_request_unconfirmed(alpha, outstation, relay, outputs, monkeypatch, caplog):
+    analog, _binary = outputs
+    # The operate outlasts the stop's wait for requests in progress, so the stop interrupts it.
+    outstation.handler.operate_delay = 2.0
+    monkeypatch.setattr(gateway_commands, "STOP_WAIT_SECONDS", 0.3)
+    gateway = fast_gateway()
+    request = raw_request(analog, "alpha")
+    caplog.set_level(logging.INFO, logger="apps.protocols.gateway_commands")
+
+    async def scenario():
+        await connected(gateway, 1)
+        gateway_id = await advertised("alpha", analog.device_id)
+        reply = executor.submit(send_request, gateway_id, request)
+        while "setpoint request received" not in caplog.text:
+            await asyncio.sleep(0.02)
+        return gateway_id, reply, time.monotonic()
+
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        gateway_id, reply_future, stop_requested = run_gateway_during(gateway, scenario)
+        reply = reply_future.result()
+        replied = time.monotonic()
+
+    assert reply is not None, "the interrupted request got no reply within 4 s"
+    assert reply["outcome"] == "unconfirmed"
+    assert reply["message"] == (
+        f"Gateway {gateway_id} stopped while it ran request {request['id']}. The write may have reached "
+        "the device: read the device's value before writing again."
+    )
+    # The reply came with the stop, long before the request's deadline of 10 s.
+    assert replied - stop_requested < 3
+    assert f"request {request['id']}: setpoint request interrupted by the gateway's stop" in caplog.text
+
+
+def test_stop_keeps_advertisement_until_closed(alpha, outstation, relay, outputs, monkeypatch):
+    analog, _binary = outputs
+    gateway = fast_gateway()
+    advertisement = advertisement_key("alpha", analog.device_id)
+    seen_while_closing = []
+    queued = raw_request(analog, "alpha")
+    stop_connection = SupervisedConnection.stop
+
+    async def stop_after_a_late_request(self):
+        # A caller that found the advertisement during the stop pushes a request nobody reads any more.
+        seen_while_closing.append(await asyncio.to_thread(get_client().get, advertisement))
+        await asyncio.to_thread(get_client().rpush, command_key(gateway.commands.gateway_id), json.dumps(queued))
+        await stop_connection(self)
+
+    monkeypatch.setattr(SupervisedConnection, "stop", stop_after_a_late_request)
+
+    async def scenario():
+        await connected(gateway, 1)
+        return await advertised("alpha", analog.device_id)
+
+    gateway_id = run_gateway_during(gateway, scenario)
+    reply = get_client().blpop([reply_key(queued["id"])], timeout=1)
+
+    # The gateway's master was still connected, so callers had to keep routing to it.
+    assert seen_while_closing == [gateway_id.encode()]
+    assert get_client().get(advertisement) is None
+    assert reply is not None, "the request left in the command list got no reply"
+    answer = json.loads(reply[1])
+    assert answer["outcome"] == "stopping"
+    assert f"Gateway {gateway_id} stopped before it ran request {queued['id']}, so nothing was written" \
+        in answer["message"]
+    assert outstation.handler.operates == []
+    assert get_client().llen(command_key(gateway_id)) == 0
