@@ -567,5 +567,7 @@ LOGGING = {
         "celery.worker.strategy": {"level": "WARNING"},
         "celery.beat": {"level": "WARNING"},
         "tenant_schemas_celery.scheduler": {"level": "WARNING"},
+        # asyncua logs every publish result of every OPC UA subscription, values included, at INFO.
+        "asyncua.common.subscription": {"level": "WARNING"},
     },
 }
