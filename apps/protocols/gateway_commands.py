@@ -339,6 +339,8 @@ class CommandServer:
         self._advertise_now = None
         self._advertiser = None
         self._listener = None
+        # (schema, device id, other gateway id) already reported by _warn_if_shared.
+        self._shared_warned = set()
 
     def request_advertisement(self):
         """Advertise the held devices now instead of at the next heartbeat, e.g. after a reload started connections."""
@@ -419,13 +421,31 @@ class CommandServer:
             if supervised.spec.device.protocol in ROUTED_PROTOCOLS
         }
         seconds = self.advertisement_seconds()
+        ordered = sorted(held_keys)
         async with self.client.pipeline(transaction=False) as pipeline:
-            for schema, device_id in held_keys:
-                pipeline.set(advertisement_key(schema, device_id), self.gateway_id, ex=max(1, round(seconds)))
+            for schema, device_id in ordered:
+                pipeline.set(advertisement_key(schema, device_id), self.gateway_id, ex=max(1, round(seconds)), get=True)
             for schema, device_id in self.advertised - held_keys:
                 pipeline.eval(_DELETE_IF_OWNER, 1, advertisement_key(schema, device_id), self.gateway_id)
-            await pipeline.execute()
+            results = await pipeline.execute()
+        # The first time, the key may still name a gateway that crashed, so only a key taken over since counts.
+        for key, previous in zip(ordered, results, strict=False):
+            if key in self.advertised:
+                self._warn_if_shared(*key, previous)
         self.advertised = held_keys
+
+    def _warn_if_shared(self, schema, device_id, previous):
+        """Log once per device and other gateway when another gateway advertised the device since the last heartbeat."""
+        if previous is None or previous.decode(errors="replace") == self.gateway_id:
+            return
+        other = previous.decode(errors="replace")
+        if (schema, device_id, other) in self._shared_warned:
+            return
+        self._shared_warned.add((schema, device_id, other))
+        logger.warning(
+            "Gateway %s: schema %s device %s is also held by gateway %s, so two DNP3 masters compete for one "
+            "outstation. Run one run_gateway per database.", self.gateway_id, schema, device_id, other,
+        )
 
     async def _withdraw_all(self):
         try:

@@ -571,3 +571,30 @@ def test_stop_keeps_advertisement_until_closed(alpha, outstation, relay, outputs
         in answer["message"]
     assert outstation.handler.operates == []
     assert get_client().llen(command_key(gateway_id)) == 0
+
+
+def test_second_gateway_is_reported(alpha, outstation, relay, outputs, caplog):
+    analog, _binary = outputs
+    gateway = fast_gateway()
+    advertisement = advertisement_key("alpha", analog.device_id)
+    # Left by a gateway that crashed: its key lives on until it expires, and is no sign of a second gateway.
+    get_client().set(advertisement, "crashed-gateway", ex=30)
+
+    async def scenario():
+        await connected(gateway, 1)
+        while (await asyncio.to_thread(get_client().get, advertisement)) != gateway.commands.gateway_id.encode():
+            await asyncio.sleep(0.02)
+        # Another run_gateway on the same database advertises the device between two heartbeats, twice.
+        for _ in range(2):
+            await asyncio.to_thread(get_client().set, advertisement, "other-gateway", ex=30)
+            while (await asyncio.to_thread(get_client().get, advertisement)) == b"other-gateway":
+                await asyncio.sleep(0.02)
+
+    run_gateway_during(gateway, scenario)
+
+    warning = (
+        f"Gateway {gateway.commands.gateway_id}: schema alpha device {analog.device_id} is also held by gateway "
+        "other-gateway, so two DNP3 masters compete for one outstation. Run one run_gateway per database."
+    )
+    assert caplog.text.count(warning) == 1
+    assert "crashed-gateway" not in caplog.text
