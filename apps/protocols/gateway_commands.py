@@ -43,7 +43,7 @@ from apps.sensors.samples import Sample
 from thermacore.aio import cancel_and_wait
 
 from .choices import Protocol
-from .drivers.base import DeviceUnreachable, WriteRejected
+from .drivers.base import DeviceUnreachable, UnconfirmedWrite, WriteRejected
 from .sessions import make_driver, run_session
 
 logger = logging.getLogger(__name__)
@@ -75,10 +75,6 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
-
-
-class UnconfirmedWrite(DeviceUnreachable):
-    """The gateway may have sent the write to the device, but its outcome is unknown."""
 
 
 class NoGatewayReply(UnconfirmedWrite):
@@ -591,6 +587,8 @@ class CommandServer:
                             f"({supervised.failures} failures in a row). Write again once the device is online."
                         )}
                     previous, written, read_back = await write_and_read_back(driver, point, value)
+        except UnconfirmedWrite as exc:
+            return _failure("unconfirmed", exc, driver, point)
         except DeviceUnreachable as exc:
             return _failure("unreachable", exc, driver, point)
         except WriteRejected as exc:

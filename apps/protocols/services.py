@@ -17,8 +17,8 @@ from apps.audit.choices import AuditAction, Outcome
 from apps.sensors.quality import is_bad, quality_label
 
 from .choices import DataType, Dnp3PointType, Protocol, RegisterType
-from .drivers.base import DeviceUnreachable, WriteRejected
-from .gateway_commands import SetpointWriter, UnconfirmedWrite
+from .drivers.base import DeviceUnreachable, UnconfirmedWrite, WriteRejected
+from .gateway_commands import SetpointWriter
 from .sinks import deliver_samples
 
 logger = logging.getLogger(__name__)

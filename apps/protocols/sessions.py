@@ -20,7 +20,7 @@ from django.db import connection
 from django.db.models import prefetch_related_objects
 
 from .choices import Protocol
-from .drivers.base import DeviceUnreachable, SubscriptionDriver, get_driver
+from .drivers.base import DeviceUnreachable, SubscriptionDriver, UnconfirmedWrite, get_driver
 from .modbus.pool import ConnectFailed, running_poll_loop
 from .polling import poll_budget
 
@@ -73,8 +73,9 @@ async def _pooled_session(pool, schema, driver, work, budget):
                         return await work(driver)
                     except DeviceUnreachable as exc:
                         # A device that restarted or dropped an idle connection fails the first request.
-                        # Writes are safe to repeat because each sets an absolute value.
-                        if not reused or attempt == 2:
+                        # Writes are safe to repeat because each sets an absolute value. An unconfirmed write
+                        # is not repeated, so a failed reconnect cannot turn it into "not written".
+                        if not reused or attempt == 2 or isinstance(exc, UnconfirmedWrite):
                             raise
                         logger.info(
                             "Schema %s device %s: pooled connection failed (%s); reconnecting once",
@@ -84,6 +85,8 @@ async def _pooled_session(pool, schema, driver, work, budget):
     except ConnectFailed as exc:
         raise DeviceUnreachable(str(exc)) from exc
     except TimeoutError:
+        # NOTE: a budget that runs out while a write is in flight reports it as not written, although it may
+        # have reached the device. Each request's own timeout (device.timeout) usually ends it first.
         raise DeviceUnreachable(
             f"Device {device.pk} at {device.host}:{device.port} did not finish the request within {budget:g} s."
         ) from None

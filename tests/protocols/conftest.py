@@ -37,6 +37,8 @@ class RegisterServer:
     server: ModbusTcpServer = None
     requests: list = field(default_factory=list)
     responses: list = field(default_factory=list)
+    # Seconds the response to each function code waits after the request was executed, e.g. {6: 2.0}.
+    response_delays: dict = field(default_factory=dict)
 
     def set(self, register_type, address, values):
         self._call(self.server.async_setValues(UNIT_ID, FUNCTION_CODES[register_type], address, list(values)))
@@ -64,6 +66,8 @@ def register_server():
     def record(sending, pdu):
         if sending:
             handle.responses.append((pdu.function_code, getattr(pdu, "exception_code", None)))
+            # Blocks the server's loop after the request took effect, as a device that responds late does.
+            time.sleep(handle.response_delays.get(pdu.function_code & 0x7F, 0.0))
         else:
             handle.requests.append((pdu.function_code, getattr(pdu, "address", None), getattr(pdu, "count", None)))
         return pdu

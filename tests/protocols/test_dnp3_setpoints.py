@@ -46,7 +46,8 @@ class _Handler(opendnp3.ICommandHandler):
         self.reject = {}
         # Indexes whose commands succeed without changing the output status.
         self.ignore = set()
-        # Seconds each operate blocks the outstation's thread, as a slow outstation does.
+        # Seconds each select and each operate block the outstation's thread, as a slow outstation does.
+        self.select_delay = 0.0
         self.operate_delay = 0.0
 
     def Begin(self):
@@ -56,6 +57,7 @@ class _Handler(opendnp3.ICommandHandler):
         pass
 
     def Select(self, command, index):
+        time.sleep(self.select_delay)
         with self.lock:
             self.selects.append((_describe(command), index))
         return self.reject.get(index, opendnp3.CommandStatus.SUCCESS)

@@ -598,3 +598,28 @@ def test_second_gateway_is_reported(alpha, outstation, relay, outputs, caplog):
     )
     assert caplog.text.count(warning) == 1
     assert "crashed-gateway" not in caplog.text
+
+
+def test_slow_operate_through_gateway_unconfirmed(alpha, outstation, relay, outputs, operator):
+    analog, _binary = outputs
+    # The outputs' device timeout is 1 s, so the gateway's master gives up before the outstation responds.
+    outstation.handler.operate_delay = 3.0
+    gateway = fast_gateway()
+
+    async def scenario():
+        await connected(gateway, 1)
+        await advertised("alpha", analog.device_id)
+        with pytest.raises(SetpointError) as raised:
+            await sync_to_async(write_setpoint, thread_sensitive=True)(analog, 4.2, actor=operator)
+        return raised.value
+
+    error = run_gateway_during(gateway, scenario)
+
+    message = str(error)
+    assert f"Setpoint 4.2 for point {analog.pk} is unconfirmed" in message
+    assert "FAILURE_RESPONSE_TIMEOUT" in message
+    [entry] = setpoint_entries(analog)
+    assert entry.outcome == Outcome.FAILURE
+    assert "is unconfirmed" in entry.detail["error"]
+    # Only the gateway's master was connected.
+    assert relay.accepted == 1

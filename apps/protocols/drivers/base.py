@@ -44,6 +44,14 @@ class WriteRejected(Exception):
     """The device rejected a write with an error response, so the setpoint was not taken."""
 
 
+class UnconfirmedWrite(DeviceUnreachable):
+    """The write request may have reached the device, but no response confirmed it, so its outcome is unknown.
+
+    Drivers raise it for a timeout or a lost connection after the request was sent, and for a response
+    that belongs to no request. A failure before anything was sent stays a plain DeviceUnreachable.
+    """
+
+
 class Driver(ABC):
     protocol = None
 
@@ -92,7 +100,9 @@ class Driver(ABC):
 
         The returned value is ``value`` after encoding, so it differs where the point's data type
         cannot represent ``value`` exactly (rounded integers, float32). Raise WriteRejected when
-        the device rejects the write and ValueError when ``value`` cannot be encoded.
+        the device rejects the write, ValueError when ``value`` cannot be encoded, DeviceUnreachable
+        when nothing was sent, and UnconfirmedWrite when the request may have been sent but no
+        response arrived.
         """
 
     def expected_read_back(self, point, written):

@@ -39,7 +39,14 @@ import opendnp3
 from ..choices import Dnp3OperateMode
 from ..dnp3.commands import READ_BACK_VARIATIONS, build_command, status_text
 from ..dnp3.values import POINT_TYPES, measurement_time, to_sample
-from .base import DeviceUnreachable, SubscriptionDriver, WriteRejected, check_device_host, register_driver
+from .base import (
+    DeviceUnreachable,
+    SubscriptionDriver,
+    UnconfirmedWrite,
+    WriteRejected,
+    check_device_host,
+    register_driver,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -63,11 +70,18 @@ INTEGER_ANALOG_VARIATIONS = {
     *(f"Group42Var{variation}" for variation in (1, 2, 3, 4)),
 }
 CHANNEL_RETRY_MIN_MS = 500
-# Task results that mean the outstation never responded, as opposed to responding with an error.
-UNREACHABLE_COMPLETIONS = {
+# Command task results after which a request may have left without its response arriving. A task that
+# never started (FAILURE_START_TIMEOUT) or whose request could not be built sent nothing.
+NO_RESPONSE_COMPLETIONS = {
     opendnp3.TaskCompletion.FAILURE_RESPONSE_TIMEOUT,
-    opendnp3.TaskCompletion.FAILURE_START_TIMEOUT,
     opendnp3.TaskCompletion.FAILURE_NO_COMMS,
+    opendnp3.TaskCompletion.FAILURE_BAD_RESPONSE,
+}
+# Point states of a select before operate whose operate request may have been sent.
+OPERATE_SENT_STATES = {
+    opendnp3.CommandPointState.SELECT_SUCCESS,
+    opendnp3.CommandPointState.OPERATE_FAIL,
+    opendnp3.CommandPointState.SUCCESS,
 }
 # "None" is a Python keyword, so the member is looked up by name.
 TIME_SYNC_OFF = opendnp3.TimeSyncMode.__members__["None"]
@@ -198,23 +212,33 @@ class Dnp3Driver(SubscriptionDriver):
             self.schema, self.device.pk, point.pk, command.description, target, mode,
         )
         operate(command.command, point.dnp3_index, on_result)
+        # Select before operate takes two round trips.
+        wait_seconds = self.device.timeout * 2 + 1
         try:
-            # Select before operate takes two round trips.
-            async with asyncio.timeout(self.device.timeout * 2 + 1):
+            async with asyncio.timeout(wait_seconds):
                 summary, results = await finished
         except TimeoutError:
-            raise DeviceUnreachable(f"No response to {command.description} on {target}.") from None
+            # The command stays queued or in flight in opendnp3, so it may still reach the outstation.
+            raise UnconfirmedWrite(
+                f"opendnp3 reported no result for {command.description} on {target} within {wait_seconds:g} s, "
+                "so the outstation may have executed it. Read the output's value before writing again."
+            ) from None
         finally:
             self._command_callbacks.remove(on_result)
 
-        if summary != opendnp3.TaskCompletion.SUCCESS:
-            message = f"{command.description} on {target} failed: {summary.name}"
-            if summary in UNREACHABLE_COMPLETIONS:
-                raise DeviceUnreachable(message)
-            raise WriteRejected(message)
         if not results:
             raise WriteRejected(f"The outstation returned no command status for {command.description} on {target}.")
         _, state, status = results[0]
+        if _may_have_operated(select_first, summary, state):
+            raise UnconfirmedWrite(
+                f"{command.description} on {target} got no confirming response ({summary.name}, point state "
+                f"{state.name}), so the outstation may have executed it. Read the output's value before writing again."
+            )
+        if summary != opendnp3.TaskCompletion.SUCCESS:
+            message = f"{command.description} on {target} failed before the outstation operated it: {summary.name}"
+            if summary in NO_RESPONSE_COMPLETIONS or summary == opendnp3.TaskCompletion.FAILURE_START_TIMEOUT:
+                raise DeviceUnreachable(message)
+            raise WriteRejected(message)
         self.write_response = status_text(status)
         if status != opendnp3.CommandStatus.SUCCESS or state != opendnp3.CommandPointState.SUCCESS:
             raise WriteRejected(
@@ -441,6 +465,28 @@ class _MasterApplication(opendnp3.IMasterApplication):
 
     def AssignClassDuringStartup(self):
         return False
+
+
+def _may_have_operated(select_first, summary, state):
+    """Return whether a command may have been operated although no response confirmed it.
+
+    opendnp3 (yadnp3 3.2, CommandTask and TypedCommandHeader) sets a point's state to SELECT_SUCCESS
+    when the select response matched and sends the operate right after it, to SUCCESS or OPERATE_FAIL
+    when an operate response arrived, and leaves it at INIT until then. A select that timed out or failed
+    operates nothing, because an outstation executes only a selected command. opendnp3 cannot tell a
+    command that was still queued when the channel closed (FAILURE_NO_COMMS) from one in flight, nor an
+    operate lost after SELECT_SUCCESS from one sent, so both count as possibly operated.
+    """
+    if summary == opendnp3.TaskCompletion.SUCCESS:
+        # A response arrived, but without a matching echo of the command (OPERATE_FAIL, or INIT for a direct operate).
+        if state == opendnp3.CommandPointState.OPERATE_FAIL:
+            return True
+        return not select_first and state == opendnp3.CommandPointState.INIT
+    if summary not in NO_RESPONSE_COMPLETIONS:
+        return False
+    if select_first:
+        return state in OPERATE_SENT_STATES
+    return True
 
 
 def _integrity_headers():

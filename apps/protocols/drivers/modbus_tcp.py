@@ -26,7 +26,7 @@ from apps.sensors.samples import Sample, SampleRun
 
 from ..choices import DataType, RegisterType
 from ..modbus.codec import NOT_IMPLEMENTED_INTEGERS, decode_registers, encode_value, is_not_implemented
-from .base import DeviceUnreachable, Driver, WriteRejected, check_device_host, register_driver
+from .base import DeviceUnreachable, Driver, UnconfirmedWrite, WriteRejected, check_device_host, register_driver
 
 logger = logging.getLogger(__name__)
 
@@ -584,19 +584,33 @@ class ModbusTcpDriver(Driver):
         return scale_factor
 
     async def _checked(self, request, point, action):
-        """Await a request and return its response; raise on a transport error or an exception response."""
+        """Await a request and return its response; raise on a transport error or an exception response.
+
+        A write that fails after it was sent raises UnconfirmedWrite. pymodbus 3.16 raises
+        ConnectionException only before it sends (not connected, reconnect failed); a timeout or a
+        reply of another request comes after the request left, when the device may have executed it.
+        """
+        is_write = action == "write"
+        target = f"{point.register_type} {point.address} on device {self.device.name}"
         try:
             response = await request
+        except ConnectionException as exc:
+            raise DeviceUnreachable(f"{action.capitalize()} of {target} failed before it was sent: {exc}") from exc
         except TRANSPORT_ERRORS as exc:
-            raise DeviceUnreachable(
-                f"{action.capitalize()} of {point.register_type} {point.address} on device {self.device.name} "
-                f"failed: {exc}"
-            ) from exc
+            if is_write:
+                raise UnconfirmedWrite(
+                    f"Write of {target} was sent, but no response confirmed it ({exc}), so the device may have "
+                    "executed it. Read the register before writing again."
+                ) from exc
+            raise DeviceUnreachable(f"{action.capitalize()} of {target} failed: {exc}") from exc
         if response.transaction_id == 0:
-            raise DeviceUnreachable(
+            message = (
                 f"Reply from device {self.device.name} to the {action} of {point.register_type} {point.address} "
                 "has transaction id 0, which matches no request of this client; the connection is dropped."
             )
+            if is_write:
+                raise UnconfirmedWrite(f"{message} The device may have executed the write; read the register first.")
+            raise DeviceUnreachable(message)
         if response.isError():
             raise WriteRejected(
                 f"Device {self.device.name} rejected the {action} of {point.register_type} {point.address} "

@@ -16,7 +16,14 @@ from asyncua import Client, ua
 from ..opcua.nodes import parse_node_id
 from ..opcua.security import RevokedServerCertificate, UntrustedServerCertificate, apply_security
 from ..opcua.values import status_name, to_sample
-from .base import DeviceUnreachable, SubscriptionDriver, WriteRejected, check_device_host, register_driver
+from .base import (
+    DeviceUnreachable,
+    SubscriptionDriver,
+    UnconfirmedWrite,
+    WriteRejected,
+    check_device_host,
+    register_driver,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -171,7 +178,13 @@ class OpcUaDriver(SubscriptionDriver):
         except ua.UaStatusCodeError as exc:
             raise WriteRejected(f"Server {self.url} rejected the write to {point.node_id}: {exc}") from exc
         except CONNECTION_ERRORS as exc:
-            raise DeviceUnreachable(f"Writing {point.node_id} on {self.url} failed: {exc!r}") from exc
+            # The data type read just succeeded on this session, so the Write request was most likely sent.
+            # NOTE: asyncua 2.1 raises ConnectionError both before sending and after a lost connection, so
+            # a connection that closed between the two requests is reported as unconfirmed too.
+            raise UnconfirmedWrite(
+                f"Write of {point.node_id} on {self.url} got no response ({exc!r}), so the server may have "
+                "applied it. Read the node's value before writing again."
+            ) from exc
         return point.to_engineering(float(raw))
 
     async def close(self):
