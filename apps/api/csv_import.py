@@ -41,6 +41,8 @@ logger = logging.getLogger(__name__)
 
 UPLOAD_FIELD = "file"
 BODY_SOURCE = "request body"
+# Bytes a multipart body may exceed the upload limit by: its boundaries and part headers.
+MULTIPART_FRAMING_BYTES = 64 * 1024
 JOBS_PATH = "/api/v1/ingest/csv/jobs/"
 
 
@@ -100,10 +102,10 @@ class UploadTooLarge(APIException):
     status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
     default_code = "upload_too_large"
 
-    def __init__(self, size, limit, *, at_least=False):
+    def __init__(self, size, limit, *, at_least=False, subject="The CSV upload"):
         amount = f"more than {limit:,}" if at_least else f"{size:,}"
         super().__init__(
-            f"The CSV upload is {amount} bytes, over the {limit:,}-byte limit of this endpoint "
+            f"{subject} is {amount} bytes, over the {limit:,}-byte limit of this endpoint "
             f"(THERMACORE_CSV_IMPORT_MAX_SYNC_BYTES). Send it to POST {JOBS_PATH} instead, which imports it "
             "in the background and returns a job to poll."
         )
@@ -197,9 +199,13 @@ class CsvImportView(APIView):
     def _csv_text(self, request):
         limit = settings.TELEMETRY_CSV_IMPORT_MAX_SYNC_BYTES
         declared = _declared_length(request)
-        if declared is not None and declared > limit:
+        is_body = request.content_type.split(";")[0].strip() == CsvBodyParser.media_type
+        if declared is not None and declared > limit and is_body:
             raise UploadTooLarge(declared, limit)
-        if request.content_type.split(";")[0].strip() == CsvBodyParser.media_type:
+        # A multipart body adds boundaries and headers to the file, whose own size is checked once parsed.
+        if declared is not None and declared > limit + MULTIPART_FRAMING_BYTES:
+            raise UploadTooLarge(declared, limit + MULTIPART_FRAMING_BYTES, subject="The multipart request")
+        if is_body:
             if declared is None:
                 # A body without Content-Length (chunked) is counted before anything is stored.
                 return codecs.getreader("utf-8-sig")(_buffered_within(request._request, limit)), BODY_SOURCE
@@ -210,7 +216,18 @@ class CsvImportView(APIView):
         return codecs.getreader("utf-8-sig")(upload), upload.name
 
 
+class LengthRequired(APIException):
+    status_code = status.HTTP_411_LENGTH_REQUIRED
+    default_code = "length_required"
+    default_detail = (
+        "A multipart upload needs a Content-Length header, which Django's multipart parser reads. Send it with "
+        "Content-Length, or send the file as a text/csv body, which may be chunked."
+    )
+
+
 def _upload(request):
+    if request.content_type.startswith("multipart/") and _declared_length(request) is None:
+        raise LengthRequired()
     upload = request.FILES.get(UPLOAD_FIELD)
     if upload is None:
         raise ValidationError(

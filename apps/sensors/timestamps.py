@@ -60,4 +60,14 @@ def _from_iso(text):
         ) from None
     if parsed.tzinfo is None:
         raise ValueError(f"Timestamp {text!r} has no UTC offset; append Z or an offset such as +01:00.")
-    return parsed.astimezone(timezone.utc)
+    return to_utc(parsed, text)
+
+
+def to_utc(aware, text):
+    """Return the aware datetime ``aware`` in UTC; raise ValueError naming ``text`` when UTC lies outside years 1 to 9999."""
+    try:
+        return aware.astimezone(timezone.utc)
+    except OverflowError:
+        raise ValueError(
+            f"Timestamp {text!r} is out of range in UTC; send a time between the years 1 and 9999."
+        ) from None

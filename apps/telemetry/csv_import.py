@@ -18,6 +18,7 @@ so every chunk that was ingested stays stored when a later line is bad.
 
 import csv
 import logging
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
@@ -31,12 +32,15 @@ from apps.audit.services import AuditTarget
 from apps.sensors.models import Sensor
 from apps.sensors.quality import Quality
 from apps.sensors.samples import Sample
-from apps.sensors.timestamps import parse_timestamp
+from apps.sensors.timestamps import parse_timestamp, to_utc
 
 from .batches import MAX_QUALITY
 from .ingest import ingest
 
 logger = logging.getLogger(__name__)
+# Sensor ids (bigint) and quality codes, in ASCII digits, short enough that int() never hits its digit limit.
+ID_PATTERN = re.compile(r"[0-9]{1,18}")
+QUALITY_PATTERN = re.compile(r"[0-9]{1,5}")
 
 CHUNK_SIZE = 5_000
 MAX_LISTED_REJECTIONS = 100
@@ -153,6 +157,15 @@ def import_readings(
     return report
 
 
+def decoded_lines(binary_lines):
+    """Yield the lines of UTF-8 bytes as text one by one, so that a decoding error belongs to its own line.
+
+    A text file decodes blocks of 8 KiB, and an error in a block stops the reader before the block's earlier lines.
+    """
+    for number, line in enumerate(binary_lines):
+        yield line.decode("utf-8-sig" if number == 0 else "utf-8")
+
+
 def _import_rows(schema, reader, layout, report, dry_run, chunk_size, progress):
     zones = _SiteZones()
     chunk = _Chunk()
@@ -169,7 +182,9 @@ def _import_rows(schema, reader, layout, report, dry_run, chunk_size, progress):
                 if progress is not None:
                     progress(report)
     except (csv.Error, UnicodeDecodeError) as exc:
-        report.error = f"Line {reader.line_num + 1} cannot be read ({exc}); fix the file and import from that line on."
+        # The reader counts a line it could not parse, but not one that failed to decode.
+        line = reader.line_num + (1 if isinstance(exc, UnicodeDecodeError) else 0)
+        report.error = f"Line {line} cannot be read ({exc}); fix the file and import from that line on."
         logger.warning("CSV import into schema %s stopped: %s", schema, report.error)
     # The lines read before an unreadable one are still stored.
     _ingest_chunk(schema, chunk, report, dry_run)
@@ -261,9 +276,9 @@ class _Layout:
         for position, name in enumerate(header):
             if name in ("time", "fold"):
                 continue
-            if not name.isdigit() or int(name) <= 0:
+            if _positive_id(name) is None:
                 raise CsvImportError(
-                    f"Header line 1 has unknown column {name!r}; a wide file has time, optional fold, "
+                    f"Header line 1 has unknown column {name[:40]!r}; a wide file has time, optional fold, "
                     "and one column per sensor id, or use the long layout time,sensor,value."
                 )
             sensor_columns.append((position, int(name)))
@@ -345,10 +360,18 @@ class _SiteZones:
         return self.zones[sensor_id]
 
 
+def _positive_id(text):
+    """Return ``text`` as a positive id, or None. Only ASCII digits count: str.isdigit() also accepts "²"."""
+    if not ID_PATTERN.fullmatch(text) or int(text) <= 0:
+        return None
+    return int(text)
+
+
 def _parse_sensor(raw):
-    if not raw.isdigit() or int(raw) <= 0:
-        raise ValueError(f"Sensor {raw!r} is not a sensor id; send the positive integer id of the sensor.")
-    return int(raw)
+    sensor = _positive_id(raw)
+    if sensor is None:
+        raise ValueError(f"Sensor {raw[:40]!r} is not a sensor id; send the positive integer id of the sensor.")
+    return sensor
 
 
 def _parse_value(raw):
@@ -366,8 +389,8 @@ def _parse_quality(raw):
     text = raw.strip()
     if text == "":
         return int(Quality.GOOD)
-    if not text.isdigit() or int(text) > MAX_QUALITY:
-        raise ValueError(f"Quality {text!r} is not a quality code; send an integer from 0 to {MAX_QUALITY}.")
+    if not QUALITY_PATTERN.fullmatch(text) or int(text) > MAX_QUALITY:
+        raise ValueError(f"Quality {text[:40]!r} is not a quality code; send an integer from 0 to {MAX_QUALITY}.")
     return int(text)
 
 
@@ -387,10 +410,15 @@ def _parse_time(raw, fold, zone, sensor):
             f"Time {text!r} is neither ISO 8601 nor an epoch number; use e.g. 2026-01-05T10:00:00 or 2026-01-05T10:00:00Z."
         ) from None
     if parsed.tzinfo is not None:
-        return parsed.astimezone(UTC)
+        return to_utc(parsed, text)
     if zone is None:
         raise ValueError(f"Sensor {sensor!r} does not exist in this tenant, so the time zone of {text!r} is unknown.")
-    return _localize(parsed, fold, zone)
+    try:
+        return _localize(parsed, fold, zone)
+    except OverflowError:
+        raise ValueError(
+            f"Time {text!r} is out of range in UTC; send a time between the years 1 and 9999."
+        ) from None
 
 
 def _localize(naive, fold, zone):

@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
+import psycopg
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings as django_settings
 from django.db import connection, transaction
@@ -35,7 +36,7 @@ from django_tenants.utils import schema_context
 from apps.audit.choices import AuditAction
 from apps.audit.services import Actor, record
 
-from .csv_import import CsvImportError, import_readings
+from .csv_import import CsvImportError, decoded_lines, import_readings
 from .models import CsvImportJob, CsvImportStatus
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,10 @@ REPORT_FIELDS = (
 
 class JobInterrupted(Exception):
     """The job's row is no longer RUNNING while its import goes on, because it was marked failed meanwhile."""
+
+    def __init__(self, message, report):
+        super().__init__(message)
+        self.report = report
 
 
 def upload_folder(schema):
@@ -160,9 +165,9 @@ def run_import_job(job_id):
 def _import(schema, job):
     actor = job.requested_by or Actor.system_job(RUN_JOB)
     try:
-        with open(job.upload_path, encoding="utf-8-sig", newline="") as text:
+        with open(job.upload_path, "rb") as upload:
             report = import_readings(
-                schema, text, actor=actor, source=job.source, dry_run=job.dry_run,
+                schema, decoded_lines(upload), actor=actor, source=job.source, dry_run=job.dry_run,
                 progress=partial(_save_progress, job.pk), audit_detail={"job": job.pk},
             )
     except CsvImportError as exc:
@@ -173,7 +178,9 @@ def _import(schema, job):
         error = _stopped_message(job.pk, "did not finish within the task's time limit")
         _finish(schema, job, CsvImportStatus.FAILED, error=error)
         raise
-    except JobInterrupted:
+    except JobInterrupted as exc:
+        # The chunk before the interruption is stored, so its counts belong in the failed job's report.
+        CsvImportJob.objects.filter(pk=job.pk).update(**_report_fields(exc.report))
         logger.error("Schema %s: CSV import job %s was marked failed while it ran; stopped it", schema, job.pk)
         return
     except Exception as exc:
@@ -194,7 +201,7 @@ def _report_fields(report):
 def _save_progress(job_id, report):
     # Each update is autocommitted, so the API shows the progress while the import runs.
     if not CsvImportJob.objects.filter(pk=job_id, status=CsvImportStatus.RUNNING).update(**_report_fields(report)):
-        raise JobInterrupted(f"CSV import job {job_id} is no longer running")
+        raise JobInterrupted(f"CSV import job {job_id} is no longer running", report)
 
 
 def _stopped_message(job_id, reason):
@@ -247,7 +254,7 @@ def fail_interrupted_jobs(queryset=None):
 def _fail_interrupted(schema, job):
     updated = CsvImportJob.objects.filter(pk=job.pk, status=CsvImportStatus.RUNNING).update(
         status=CsvImportStatus.FAILED, finished_at=timezone.now(),
-        error=_stopped_message(job.pk, "stopped because its worker stopped (killed, or lost its database connection)"),
+        error=_stopped_message(job.pk, "stopped because its worker stopped (killed, or lost its lock connection to the database)"),
     )
     _delete_upload(schema, job)
     if updated:
@@ -260,20 +267,19 @@ def _fail_interrupted(schema, job):
 def job_lock(schema, job_id):
     """Try to take the session advisory lock of one job; yield whether it was taken, and release it on exit.
 
-    NOTE: the lock lives as long as the database connection. When a worker's
-    connection drops and ingest reconnects, the import goes on without the lock.
-    The job may then be marked failed, and its next progress save stops it.
+    The lock is taken on a PostgreSQL connection of its own, held until exit. Ingest closes Django's
+    connection when it outlives CONN_MAX_AGE or fails, which would free a lock taken there while the
+    job still runs. A worker that dies closes this connection too, which frees the lock.
     """
     key = _lock_key(schema, job_id)
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_lock(%s)", [key])
-        locked = cursor.fetchone()[0]
-    try:
+    parameters = {
+        name: value for name, value in connection.get_connection_params().items()
+        if name not in ("cursor_factory", "context", "prepare_threshold")
+    }
+    with psycopg.connect(**parameters, autocommit=True) as lock_connection:
+        locked = lock_connection.execute("SELECT pg_try_advisory_lock(%s)", [key]).fetchone()[0]
+        # Closing the connection at the end of the block releases the lock.
         yield locked
-    finally:
-        if locked:
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_unlock(%s)", [key])
 
 
 def _lock_key(schema, job_id):

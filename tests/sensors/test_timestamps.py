@@ -60,3 +60,11 @@ def test_parse_timestamp_naive_iso_rejected():
 def test_parse_timestamp_invalid(raw, message):
     with pytest.raises(ValueError, match=message):
         parse_timestamp(raw)
+
+
+@pytest.mark.parametrize("text", ["0001-01-01T00:30:00+01:00", "9999-12-31T23:59:59-10:00"])
+def test_iso_outside_utc_range_is_value_error(text):
+    with pytest.raises(ValueError) as raised:
+        parse_timestamp(text)
+
+    assert str(raised.value) == f"Timestamp {text!r} is out of range in UTC; send a time between the years 1 and 9999."

@@ -271,3 +271,54 @@ def test_api_viewer_is_denied(alpha, utc_sensor):
 
     assert response.status_code == 403
     assert stored(utc_sensor) == []
+
+
+@pytest.mark.parametrize("column", ["²", "9" * 5000, "١٢"])
+def test_import_rejects_non_ascii_or_huge_id_column(utc_sensor, column):
+    with pytest.raises(CsvImportError) as raised:
+        run_import(f"time,{column}\n2026-01-06T10:00:00Z,1\n")
+
+    assert "Header line 1 has unknown column" in str(raised.value)
+    assert len(str(raised.value)) < 400
+    assert stored(utc_sensor) == []
+
+
+@pytest.mark.parametrize("when", ["0001-01-01T00:30:00+01:00", "9999-12-31T23:59:59-10:00", "0001-01-01T00:00:00"])
+def test_import_rejects_time_outside_utc_range(berlin_sensor, when):
+    report = run_import(
+        "time,sensor,value\n"
+        f"{when},{berlin_sensor.id},1\n"
+        f"2026-01-05T10:00:00Z,{berlin_sensor.id},2\n"
+    )
+
+    assert list(reasons(report)) == [2]
+    assert f"{when!r} is out of range in UTC; send a time between the years 1 and 9999." in reasons(report)[2]
+    assert report.accepted == 1
+    assert report.error == ""
+
+
+@pytest.mark.parametrize("raw", ["²", "1" * 30, "-3"])
+def test_import_rejects_odd_sensor_and_quality(utc_sensor, raw):
+    report = run_import(
+        "time,sensor,value,quality\n"
+        f"2026-01-05T10:00:00Z,{raw},1,0\n"
+        f"2026-01-05T10:00:10Z,{utc_sensor.id},1,{raw}\n"
+        f"2026-01-05T10:00:20Z,{utc_sensor.id},2,0\n"
+    )
+
+    assert set(reasons(report)) == {2, 3}
+    assert "is not a sensor id" in reasons(report)[2]
+    assert "is not a quality code" in reasons(report)[3]
+    assert report.accepted == 1
+
+
+def test_import_names_line_of_oversized_field(utc_sensor):
+    report = run_import(
+        "time,sensor,value\n"
+        f"2026-01-05T10:00:00Z,{utc_sensor.id},1\n"
+        f"2026-01-05T10:00:10Z,{utc_sensor.id},\"{'9' * 200_000}\"\n"
+        f"2026-01-05T10:00:20Z,{utc_sensor.id},2\n"
+    )
+
+    assert report.error.startswith("Line 3 cannot be read (field larger than field limit")
+    assert report.accepted == 1

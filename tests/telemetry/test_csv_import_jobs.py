@@ -218,7 +218,7 @@ def test_invalid_header_fails_job(alpha_api, utc_sensor, upload_dir, django_capt
 
 
 def test_unreadable_line_fails_job(alpha_api, utc_sensor, upload_dir, django_capture_on_commit_callbacks):
-    # Beyond the text decoder's first 8 KiB block, so the lines before the bad bytes are read.
+    # Beyond the first 8 KiB, where a text decoder working in blocks would lose the lines before the bad bytes.
     body = long_file(utc_sensor, 1000).encode() + b"\xff\xfe,1,2\n"
     with mock.patch("apps.telemetry.tasks.run_csv_import_job_task.delay"):
         with django_capture_on_commit_callbacks(execute=True):
@@ -228,9 +228,9 @@ def test_unreadable_line_fails_job(alpha_api, utc_sensor, upload_dir, django_cap
     run_job(job)
 
     assert job.status == CsvImportStatus.FAILED
-    assert "cannot be read" in job.error
-    assert 0 < job.accepted < 1000
-    assert len(stored(utc_sensor)) == job.accepted
+    assert job.error.startswith("Line 1002 cannot be read (")
+    assert job.accepted == 1000
+    assert len(stored(utc_sensor)) == 1000
 
 
 def test_crash_fails_job_and_keeps_stored(utc_sensor, upload_dir, caplog):
@@ -517,3 +517,73 @@ def test_beat_runs_interrupted_job_check():
 
     assert entry["task"] == "telemetry.fail_interrupted_csv_imports"
     assert entry["schedule"] == 300.0
+
+
+def test_job_lock_outlives_django_connection(django_db_setup, django_db_blocker):
+    # Ingest closes Django's connection after CONN_MAX_AGE or an error, while the job's import goes on.
+    with django_db_blocker.unblock():
+        with csv_import_jobs.job_lock("alpha", 424242) as locked:
+            connection.close()
+            with csv_import_jobs.job_lock("alpha", 424242) as taken_again:
+                pass
+        with csv_import_jobs.job_lock("alpha", 424242) as after_release:
+            pass
+
+    assert locked
+    assert not taken_again
+    assert after_release
+
+
+def test_job_names_undecodable_line(utc_sensor, upload_dir):
+    # Line 502 of the file holds a Latin-1 byte; a text file decoding 8 KiB blocks stopped some 200 lines early.
+    lines = long_file(utc_sensor, 1_000).encode().split(b"\n")
+    lines[501] = lines[501] + b",caf\xe9"
+    with mock.patch("apps.telemetry.tasks.run_csv_import_job_task.delay"):
+        job = start_import_job(actor=admin_of("alpha"), chunks=[b"\n".join(lines)], source="latin1.csv")
+
+    run_job(job)
+
+    assert job.status == CsvImportStatus.FAILED
+    assert job.error.startswith("Line 502 cannot be read (")
+    assert job.lines == 500
+    assert len(stored(utc_sensor)) == 500
+
+
+def test_sync_multipart_at_limit_imports(alpha_api, utc_sensor, settings):
+    body = long_file(utc_sensor, 5)
+    settings.TELEMETRY_CSV_IMPORT_MAX_SYNC_BYTES = len(body.encode())
+    upload = SimpleUploadedFile("exact.csv", body.encode())
+
+    response = alpha_api.post(SYNC_URL, {"file": upload}, format="multipart")
+
+    assert response.status_code == 200, response.data
+    assert response.data["accepted"] == 5
+
+
+def test_sync_multipart_over_limit_names_file_size(alpha_api, utc_sensor, settings):
+    body = long_file(utc_sensor, 5)
+    settings.TELEMETRY_CSV_IMPORT_MAX_SYNC_BYTES = len(body.encode()) - 1
+    upload = SimpleUploadedFile("big.csv", body.encode())
+
+    response = alpha_api.post(SYNC_URL, {"file": upload}, format="multipart")
+
+    assert response.status_code == 413
+    assert f"The CSV upload is {len(body.encode()):,} bytes" in response.data["detail"]
+
+
+@pytest.mark.parametrize("url", [SYNC_URL, JOBS_URL])
+def test_multipart_without_length_is_411(alpha, url):
+    client = Client(HTTP_HOST=TENANT_DOMAINS["alpha"])
+    boundary = "thermacore-boundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.csv\"\r\n"
+            f"Content-Type: text/csv\r\n\r\ntime,sensor,value\r\n--{boundary}--\r\n").encode()
+    token = access_token_for("alpha", admin_of("alpha"))
+    request = {
+        "REQUEST_METHOD": "POST", "PATH_INFO": url, "CONTENT_TYPE": f"multipart/form-data; boundary={boundary}",
+        "wsgi.input": io.BytesIO(body), "HTTP_AUTHORIZATION": f"Bearer {token}",
+    }
+
+    response = client.request(**request)
+
+    assert response.status_code == 411
+    assert "needs a Content-Length header" in response.json()["detail"]
