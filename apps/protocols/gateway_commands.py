@@ -30,6 +30,7 @@ import os
 import socket
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import redis
@@ -364,7 +365,7 @@ class CommandServer:
         """Stop taking requests, let those in progress finish for up to STOP_WAIT_SECONDS, then interrupt the rest.
 
         The advertisements stay, so callers do not open a second master while the gateway's is connected.
-        Requests pushed meanwhile are answered by ``close``.
+        ``close`` replies to the requests pushed meanwhile.
         """
         if self._listener is None:
             return
@@ -377,7 +378,7 @@ class CommandServer:
         await cancel_and_wait(list(self.tasks), self.owner, recancel_seconds=REDIS_STOP_SECONDS + 1)
 
     async def close(self):
-        """Stop advertising, withdraw the advertisements, answer the requests still queued and close the client.
+        """Stop advertising, withdraw the advertisements, reply to the requests still queued and close the client.
 
         Call it after the connections closed, so that callers who find no advertisement open their own session
         only once the gateway's master is gone.
@@ -386,7 +387,7 @@ class CommandServer:
             return
         await cancel_and_wait([self._advertiser], self.owner)
         await self._withdraw_all()
-        await self._answer_queued()
+        await self._reply_to_queued()
         await self.client.aclose()
         logger.info("Gateway %s: stopped accepting setpoint requests", self.gateway_id)
 
@@ -432,10 +433,8 @@ class CommandServer:
 
     def _warn_if_shared(self, schema, device_id, previous):
         """Log once per device and other gateway when another gateway advertised the device since the last heartbeat."""
-        if previous is None or previous.decode(errors="replace") == self.gateway_id:
-            return
-        other = previous.decode(errors="replace")
-        if (schema, device_id, other) in self._shared_warned:
+        other = None if previous is None else previous.decode(errors="replace")
+        if other in (None, self.gateway_id) or (schema, device_id, other) in self._shared_warned:
             return
         self._shared_warned.add((schema, device_id, other))
         logger.warning(
@@ -457,28 +456,27 @@ class CommandServer:
                 self.gateway_id, len(self.advertised), exc or f"timed out after {REDIS_STOP_SECONDS:g} s",
             )
 
-    async def _answer_queued(self):
+    async def _reply_to_queued(self):
         """Reply "stopping" to the requests still in this gateway's command list, so their callers need not wait."""
-        answered = 0
+        replied = 0
         try:
             async with asyncio.timeout(REDIS_STOP_SECONDS):
                 while (payload := await self.client.lpop(command_key(self.gateway_id))) is not None:
-                    request = _decoded_request(payload)
+                    request = _parsed_request(payload, self.gateway_id)
                     if request is None:
                         continue
-                    ids, request_id, deadline = request
                     message = (
-                        f"Gateway {self.gateway_id} stopped before it ran request {request_id}, so nothing was "
+                        f"Gateway {self.gateway_id} stopped before it ran request {request.id}, so nothing was "
                         "written. Write again: the gateway that holds the device next, or your own session, runs it."
                     )
-                    await self._send_reply(ids, request_id, deadline, {"outcome": "stopping", "message": message})
-                    answered += 1
+                    await self._send_reply(request, {"outcome": "stopping", "message": message})
+                    replied += 1
         except (redis.RedisError, TimeoutError) as exc:
-            logger.warning("Gateway %s: answering the requests left in its command list failed after %d: %s",
-                           self.gateway_id, answered, exc or f"timed out after {REDIS_STOP_SECONDS:g} s")
+            logger.warning("Gateway %s: replying to the requests left in its command list failed after %d: %s",
+                           self.gateway_id, replied, exc or f"timed out after {REDIS_STOP_SECONDS:g} s")
             return
-        if answered:
-            logger.info("Gateway %s: answered %d queued setpoint requests with 'stopping'", self.gateway_id, answered)
+        if replied:
+            logger.info("Gateway %s: replied 'stopping' to %d queued setpoint requests", self.gateway_id, replied)
 
     async def _listen(self):
         failures = 0
@@ -504,50 +502,43 @@ class CommandServer:
 
     async def execute(self, payload):
         """Execute one request (JSON bytes), push its reply and log it with schema, device, point and request id."""
-        try:
-            request = json.loads(payload)
-            request_id = str(request["id"])
-            schema, device_id, fields = request["schema"], int(request["device"]), request["point"]
-            point_id, value, deadline = int(fields["pk"]), float(request["value"]), float(request["deadline"])
-            if not isinstance(schema, str) or not isinstance(fields, dict):
-                raise TypeError(f"schema {schema!r} is not a string or point {fields!r} is not an object")
-            # A missing digest never matches, so the reply is "stale" rather than a command on unknown settings.
-            settings_digest = request.get("connection")
-        except (ValueError, KeyError, TypeError) as exc:
-            logger.warning("Gateway %s: dropped a malformed setpoint request (%s: %s)",
-                           self.gateway_id, type(exc).__name__, exc)
+        request = _parsed_request(payload, self.gateway_id)
+        if request is None:
             return
-        ids = f"Schema {schema} device {device_id} point {point_id} request {request_id}"
-        logger.info("%s: setpoint request received", ids)
+        logger.info("%s: setpoint request received", request.ids)
         try:
-            reply = await self._reply_for(ids, schema, device_id, point_id, fields, value, deadline, settings_digest)
+            reply = await self._reply_for(
+                request.ids, request.schema, request.device_id, request.point_id, request.fields, request.value,
+                request.deadline, request.settings_digest,
+            )
         except asyncio.CancelledError:
             # The gateway is stopping. The command may have reached the device, so the caller learns it is unconfirmed.
             message = (
-                f"Gateway {self.gateway_id} stopped while it ran request {request_id}. The write may have reached "
+                f"Gateway {self.gateway_id} stopped while it ran request {request.id}. The write may have reached "
                 "the device: read the device's value before writing again."
             )
-            logger.warning("%s: setpoint request interrupted by the gateway's stop", ids)
-            await self._send_reply(ids, request_id, deadline, {"outcome": "unconfirmed", "message": message})
+            logger.warning("%s: setpoint request interrupted by the gateway's stop", request.ids)
+            await self._send_reply(request, {"outcome": "unconfirmed", "message": message})
             raise
         level = logging.INFO if reply["outcome"] == "ok" else logging.WARNING
         outcome = reply["outcome"] if "message" not in reply else f"{reply['outcome']}: {reply['message']}"
-        logger.log(level, "%s: setpoint request %s", ids, outcome)
+        logger.log(level, "%s: setpoint request %s", request.ids, outcome)
         if reply["outcome"] == "expired":
             # The caller gave up and recorded the failure, so no one reads a reply.
             return
-        await self._send_reply(ids, request_id, deadline, reply)
+        await self._send_reply(request, reply)
 
-    async def _send_reply(self, ids, request_id, deadline, reply):
+    async def _send_reply(self, request, reply):
+        key = reply_key(request.id)
         try:
             async with asyncio.timeout(REDIS_STOP_SECONDS):
                 async with self.client.pipeline(transaction=True) as pipeline:
-                    pipeline.lpush(reply_key(request_id), json.dumps(reply))
-                    pipeline.expire(reply_key(request_id), max(1, round(deadline - time.time()) + 5))
+                    pipeline.lpush(key, json.dumps(reply))
+                    pipeline.expire(key, max(1, round(request.deadline - time.time()) + 5))
                     await pipeline.execute()
         except (redis.RedisError, TimeoutError) as exc:
             logger.error("%s: sending the %s reply through Redis failed: %s",
-                         ids, reply["outcome"], exc or f"timed out after {REDIS_STOP_SECONDS:g} s")
+                         request.ids, reply["outcome"], exc or f"timed out after {REDIS_STOP_SECONDS:g} s")
 
     async def _reply_for(self, ids, schema, device_id, point_id, fields, value, deadline, settings_digest):
         supervised = self.gateway.connections.get((schema, device_id))
@@ -619,16 +610,39 @@ class CommandServer:
         }
 
 
-def _decoded_request(payload):
-    """Return the log ids, request id and deadline of a queued request, or None when it is malformed."""
+@dataclass(frozen=True)
+class SetpointRequest:
+    """A setpoint request as the gateway pops it from its command list."""
+
+    id: str
+    schema: str
+    device_id: int
+    point_id: int
+    fields: dict
+    value: float
+    deadline: float
+    # A missing digest never matches, so the reply is "stale" rather than a command on unknown settings.
+    settings_digest: str | None
+
+    @property
+    def ids(self):
+        return f"Schema {self.schema} device {self.device_id} point {self.point_id} request {self.id}"
+
+
+def _parsed_request(payload, gateway_id):
+    """Return the SetpointRequest of JSON bytes, or None after logging why it is malformed."""
     try:
         request = json.loads(payload)
-        ids = (f"Schema {request['schema']} device {int(request['device'])} point {int(request['point']['pk'])} "
-               f"request {request['id']}")
-        return ids, str(request["id"]), float(request["deadline"])
+        fields = request["point"]
+        if not isinstance(request["schema"], str) or not isinstance(fields, dict):
+            raise TypeError(f"schema {request['schema']!r} is not a string or point {fields!r} is not an object")
+        return SetpointRequest(
+            id=str(request["id"]), schema=request["schema"], device_id=int(request["device"]),
+            point_id=int(fields["pk"]), fields=fields, value=float(request["value"]),
+            deadline=float(request["deadline"]), settings_digest=request.get("connection"),
+        )
     except (ValueError, KeyError, TypeError) as exc:
-        logger.warning("Dropped a malformed setpoint request left in a stopping gateway's list (%s: %s)",
-                       type(exc).__name__, exc)
+        logger.warning("Gateway %s: dropped a malformed setpoint request (%s: %s)", gateway_id, type(exc).__name__, exc)
         return None
 
 

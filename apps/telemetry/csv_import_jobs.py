@@ -37,18 +37,13 @@ from apps.audit.choices import AuditAction
 from apps.audit.services import Actor, record
 
 from .csv_import import CsvImportError, decoded_lines, import_readings
-from .models import CsvImportJob, CsvImportStatus
+from .models import REPORT_FIELDS, CsvImportJob, CsvImportStatus
 
 logger = logging.getLogger(__name__)
 
 RUN_JOB = "telemetry.run_csv_import_job"
 # Bytes read from the upload and written to the stored file at a time.
 COPY_CHUNK_BYTES = 1024 * 1024
-REPORT_FIELDS = (
-    "layout", "lines", "chunks", "accepted", "spooled", "duplicates", "rejected", "rejections", "unlisted_rejections",
-)
-
-
 class JobInterrupted(Exception):
     """The job's row is no longer RUNNING while its import goes on, because it was marked failed meanwhile."""
 

@@ -34,6 +34,12 @@ class CsvImportStatus(models.TextChoices):
     FAILED = "failed", "Failed"
 
 
+# Fields of a job that store the ImportReport counts of apps.telemetry.csv_import, saved after each chunk.
+REPORT_FIELDS = (
+    "layout", "lines", "chunks", "accepted", "spooled", "duplicates", "rejected", "rejections", "unlisted_rejections",
+)
+
+
 class CsvImportJob(models.Model):
     """A CSV import of historical readings run by a Celery task, with its progress and report.
 
@@ -74,16 +80,4 @@ class CsvImportJob(models.Model):
 
     def report(self):
         """Return the counts in the form of ``ImportReport.as_dict()``, so far or final."""
-        return {
-            "layout": self.layout,
-            "lines": self.lines,
-            "chunks": self.chunks,
-            "accepted": self.accepted,
-            "spooled": self.spooled,
-            "duplicates": self.duplicates,
-            "rejected": self.rejected,
-            "rejections": self.rejections,
-            "unlisted_rejections": self.unlisted_rejections,
-            "error": self.error,
-            "dry_run": self.dry_run,
-        }
+        return {**{name: getattr(self, name) for name in REPORT_FIELDS}, "error": self.error, "dry_run": self.dry_run}

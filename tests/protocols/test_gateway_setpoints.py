@@ -547,7 +547,7 @@ def test_stop_keeps_advertisement_until_closed(alpha, outstation, relay, outputs
     stop_connection = SupervisedConnection.stop
 
     async def stop_after_a_late_request(self):
-        # A caller that found the advertisement during the stop pushes a request nobody reads any more.
+        # A caller that found the advertisement during the stop pushes a request that the gateway no longer reads.
         seen_while_closing.append(await asyncio.to_thread(get_client().get, advertisement))
         await asyncio.to_thread(get_client().rpush, command_key(gateway.commands.gateway_id), json.dumps(queued))
         await stop_connection(self)

@@ -587,8 +587,8 @@ class ModbusTcpDriver(Driver):
         """Await a request and return its response; raise on a transport error or an exception response.
 
         A write that fails after it was sent raises UnconfirmedWrite. pymodbus 3.16 raises
-        ConnectionException only before it sends (not connected, reconnect failed); a timeout or a
-        reply of another request comes after the request left, when the device may have executed it.
+        ConnectionException only before it sends (not connected, or the reconnect failed). A timeout
+        or a reply to another request comes after the request left, so the device may have executed it.
         """
         is_write = action == "write"
         target = f"{point.register_type} {point.address} on device {self.device.name}"
